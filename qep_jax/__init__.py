@@ -1,0 +1,36 @@
+"""qep_jax: exact entropy production of finite quantum systems coupled to finite reservoirs.
+
+Esposito, Lindenberg & Van den Broeck, New J. Phys. 12, 013013 (2010). Units hbar = k_B = 1.
+The package never changes JAX's global configuration; enable float64 yourself with
+``jax.config.update("jax_enable_x64", True)``.
+"""
+
+from ._entropy import logm_hermitian as logm_hermitian
+from ._entropy import relative_entropy as relative_entropy
+from ._entropy import von_neumann_entropy as von_neumann_entropy
+from ._evolve import evolve as evolve
+from ._open_system import InputError as InputError
+from ._open_system import OpenSystem as OpenSystem
+from ._partial_trace import partial_trace as partial_trace
+from ._random import goe as goe
+from ._spectral import Spectrum as Spectrum
+from ._spectral import diagonalize as diagonalize
+from ._trajectory import Trajectory as Trajectory
+from .models import SpinGORM as SpinGORM
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InputError",
+    "OpenSystem",
+    "SpinGORM",
+    "Spectrum",
+    "Trajectory",
+    "diagonalize",
+    "evolve",
+    "goe",
+    "logm_hermitian",
+    "partial_trace",
+    "relative_entropy",
+    "von_neumann_entropy",
+]

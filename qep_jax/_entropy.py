@@ -1,0 +1,198 @@
+"""Entropies of Hermitian matrices, with values and derivatives that stay finite.
+
+Convention (documented in the public docstrings and in README.md): eigenvalues that are not
+strictly positive -- exact zeros of pure states and tiny negatives from rounding -- are clipped
+to zero, and ``0 ln 0 = 0`` contributes neither value nor derivative. The true derivative of the
+entropy along a direction that populates an empty level is ``+inf``; qep_jax drops it (a finite,
+one-sided convention that keeps ``jax.grad`` usable at pure states).
+
+Derivatives of trace functions ``Tr f(A)`` are written as custom JVPs that need only ``f'`` on
+the eigenvalues (``d Tr f(A) = Tr[f'(A) dA]``), so they are exact at degenerate spectra, where
+JAX's generic eigenvector derivative divides by zero.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+
+def _xlogx(x: Array) -> Array:
+    """Elementwise ``x ln x`` with ``0`` for ``x <= 0``; mask before the log so the gradient is finite."""
+    positive = x > 0
+    safe = jnp.where(positive, x, 1.0)
+    return jnp.where(positive, x * jnp.log(safe), 0.0)
+
+
+def _xlogx_derivative(x: Array) -> Array:
+    positive = x > 0
+    safe = jnp.where(positive, x, 1.0)
+    return jnp.where(positive, jnp.log(safe) + 1.0, 0.0)
+
+
+def entropy_from_eigenvalues(eigenvalues: Array) -> Array:
+    """``-sum_i p_i ln p_i`` over the last axis, with the clipping convention of this module.
+
+    Args:
+        eigenvalues: ``(..., n)`` real.
+    Returns:
+        ``(...)`` real.
+    """
+    return -jnp.sum(_xlogx(eigenvalues), axis=-1)
+
+
+def _diagonal_in_basis(vectors: Array, matrix: Array) -> Array:
+    """``Re <v_i| M |v_i>`` for the columns ``v_i`` of ``vectors``; shapes ``(..., n, n) -> (..., n)``."""
+    return jnp.real(jnp.einsum("...ji,...jk,...ki->...i", vectors.conj(), matrix, vectors))
+
+
+@jax.custom_jvp
+def von_neumann_entropy(rho: Array) -> Array:
+    """Von Neumann entropy ``S(rho) = -Tr rho ln rho``.
+
+    Eigenvalues ``<= 0`` (pure states, rounding) are treated as exact zeros: ``0 ln 0 = 0``, and
+    they contribute nothing to the derivative, so value and gradient are finite for pure states.
+    The derivative ``dS = -Tr[(ln rho + 1) d rho]`` uses eigenvalues only and is exact at
+    degenerate spectra.
+
+    Args:
+        rho: ``(..., n, n)`` Hermitian, positive semidefinite, unit trace (not checked here).
+
+    Returns:
+        ``(...)`` real entropy in nats.
+
+    Example:
+        >>> import jax.numpy as jnp, qep_jax
+        >>> float(qep_jax.von_neumann_entropy(jnp.eye(2) / 2))  # ln 2
+        0.6931...
+    """
+    return entropy_from_eigenvalues(jnp.linalg.eigvalsh(rho))
+
+
+@von_neumann_entropy.defjvp
+def _von_neumann_entropy_jvp(primals, tangents):
+    (rho,), (drho,) = primals, tangents
+    eigenvalues, vectors = jnp.linalg.eigh(rho)
+    value = entropy_from_eigenvalues(eigenvalues)
+    weights = _xlogx_derivative(eigenvalues)
+    return value, -jnp.sum(weights * _diagonal_in_basis(vectors, drho), axis=-1)
+
+
+def _log_divided_difference(mu: Array) -> Array:
+    """``L_ij = (ln mu_i - ln mu_j) / (mu_i - mu_j)``, ``1 / mu_i`` on the diagonal; ``(..., n) -> (..., n, n)``.
+
+    Written as ``log1p(u) / (u mu_j)`` with ``u = mu_i / mu_j - 1`` and a series for small ``u``,
+    so close but unequal eigenvalues do not cancel catastrophically. Entries with a non-positive
+    eigenvalue are set to zero (outside the support the logarithm is clipped, see module doc).
+    """
+    x = mu[..., :, None]
+    y = mu[..., None, :]
+    valid = (x > 0) & (y > 0)
+    y_safe = jnp.where(valid, y, 1.0)
+    u = jnp.where(valid, (x - y) / y_safe, 0.0)
+    small = jnp.abs(u) < 1e-4
+    u_big = jnp.where(small, 1.0, u)
+    series = 1.0 - u / 2 + u**2 / 3 - u**3 / 4
+    ratio = jnp.where(small, series, jnp.log1p(u_big) / u_big)
+    return jnp.where(valid, ratio / y_safe, 0.0)
+
+
+def _log_floor(dtype) -> float:
+    return float(jnp.finfo(dtype).tiny)
+
+
+@jax.custom_jvp
+def logm_hermitian(a: Array) -> Array:
+    """Principal logarithm of a Hermitian positive-definite matrix, ``W diag(ln mu) W^dag``.
+
+    Eigenvalues below the smallest normal number of the dtype are raised to it (so a singular
+    input gives a large negative but finite logarithm instead of ``-inf``/NaN). The derivative is
+    the Daleckii-Krein formula with divided differences of ``ln``, stable for close eigenvalues.
+
+    Args:
+        a: ``(..., n, n)`` Hermitian positive definite.
+
+    Returns:
+        ``(..., n, n)`` Hermitian.
+
+    Example:
+        >>> import jax.numpy as jnp, qep_jax
+        >>> qep_jax.logm_hermitian(jnp.diag(jnp.array([1.0, jnp.e])))
+        Array([[0., 0.], [0., 1.]], ...)
+    """
+    mu, w = jnp.linalg.eigh(a)
+    mu = jnp.maximum(mu, _log_floor(mu.dtype))
+    return jnp.einsum("...ij,...j,...kj->...ik", w, jnp.log(mu), w.conj())
+
+
+@logm_hermitian.defjvp
+def _logm_hermitian_jvp(primals, tangents):
+    (a,), (da,) = primals, tangents
+    mu, w = jnp.linalg.eigh(a)
+    mu = jnp.maximum(mu, _log_floor(mu.dtype))
+    value = jnp.einsum("...ij,...j,...kj->...ik", w, jnp.log(mu), w.conj())
+    da_eig = jnp.einsum("...ji,...jk,...kl->...il", w.conj(), da, w)
+    dlog = _log_divided_difference(mu) * da_eig
+    return value, jnp.einsum("...ij,...jk,...lk->...il", w, dlog, w.conj())
+
+
+def _support_tolerance(mu: Array) -> Array:
+    n = mu.shape[-1]
+    eps = jnp.finfo(mu.dtype).eps
+    return 10 * n * eps * jnp.maximum(jnp.max(jnp.abs(mu), axis=-1, keepdims=True), 1.0)
+
+
+@jax.custom_jvp
+def _cross_term(a: Array, b: Array) -> Array:
+    """``Tr[a ln b]``; ``-inf`` where ``a`` has weight outside the support of ``b``."""
+    mu, w = jnp.linalg.eigh(b)
+    weight = _diagonal_in_basis(w, a)
+    tol = _support_tolerance(mu)
+    inside = mu > tol
+    log_mu = jnp.log(jnp.where(inside, mu, 1.0))
+    outside_weight = jnp.any(~inside & (weight > tol), axis=-1)
+    finite = jnp.sum(jnp.where(inside, weight * log_mu, 0.0), axis=-1)
+    return jnp.where(outside_weight, -jnp.inf, finite)
+
+
+@_cross_term.defjvp
+def _cross_term_jvp(primals, tangents):
+    (a, b), (da, db) = primals, tangents
+    mu, w = jnp.linalg.eigh(b)
+    tol = _support_tolerance(mu)
+    inside = mu > tol
+    value = _cross_term(a, b)
+    log_mu = jnp.log(jnp.where(inside, mu, 1.0))
+    # d Tr[a ln b] = Tr[da ln b] + sum_ij L_ij a~_ji db~_ij (Daleckii-Krein in the eigenbasis of b).
+    dterm_a = jnp.sum(jnp.where(inside, log_mu, 0.0) * _diagonal_in_basis(w, da), axis=-1)
+    a_eig = jnp.einsum("...ji,...jk,...kl->...il", w.conj(), a, w)
+    db_eig = jnp.einsum("...ji,...jk,...kl->...il", w.conj(), db, w)
+    mu_masked = jnp.where(inside, mu, 0.0)
+    dterm_b = jnp.real(
+        jnp.sum(_log_divided_difference(mu_masked) * jnp.swapaxes(a_eig, -1, -2) * db_eig, axis=(-2, -1))
+    )
+    return value, dterm_a + dterm_b
+
+
+def relative_entropy(rho: Array, sigma: Array) -> Array:
+    """Quantum relative entropy ``D[rho || sigma] = Tr rho ln rho - Tr rho ln sigma >= 0``.
+
+    Returns ``+inf`` when ``rho`` has weight (above ``10 n eps``) outside the support of
+    ``sigma``. Zero eigenvalues of ``rho`` follow the ``0 ln 0 = 0`` convention of
+    :func:`von_neumann_entropy`. Derivatives use eigenvalue divided differences only.
+
+    Args:
+        rho: ``(..., n, n)`` density matrix.
+        sigma: ``(..., n, n)`` density matrix.
+
+    Returns:
+        ``(...)`` real, in nats.
+
+    Example:
+        >>> import jax.numpy as jnp, qep_jax
+        >>> rho = jnp.diag(jnp.array([1.0, 0.0])); sigma = jnp.eye(2) / 2
+        >>> float(qep_jax.relative_entropy(rho, sigma))  # ln 2
+        0.6931...
+    """
+    return -von_neumann_entropy(rho) - _cross_term(rho, sigma)

@@ -1,0 +1,303 @@
+"""Exact time evolution of an :class:`OpenSystem` and every entropy-production quantity."""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from ._entropy import entropy_from_eigenvalues, von_neumann_entropy
+from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all
+from ._spectral import (
+    Spectrum,
+    diagonalize,
+    expectation_at,
+    observable_weights,
+    propagate_factor,
+    reduced_from_factor,
+    reservoirs_from_factor,
+    to_eigenbasis,
+)
+from ._trajectory import Trajectory
+
+# Working memory the time-point loop may use per realization before it is split into batches.
+DEFAULT_TIME_BLOCK_BYTES = 256 * 2**20
+
+
+class _Equilibrium(NamedTuple):
+    rho: Array  # (d_r, d_r) exp(-beta G_r) / Z_r with G_r = H_r - mu_r N_r
+    sqrt_rho: Array  # (d_r, d_r)
+    log_partition: Array  # ()
+    entropy: Array  # ()
+    grand_energy: Array  # () <G_r>_eq
+
+
+def _equilibrium(system: OpenSystem, r: int) -> _Equilibrium:
+    g = system.grand_hamiltonian(r)
+    eps, v = jnp.linalg.eigh(g)
+    logits = -system.betas[r] * eps
+    log_z = jax.nn.logsumexp(logits)
+    p = jnp.exp(logits - log_z)
+    rho = (v * p) @ v.conj().T
+    sqrt_rho = (v * jnp.sqrt(p)) @ v.conj().T
+    return _Equilibrium(rho, sqrt_rho, log_z, entropy_from_eigenvalues(p), jnp.sum(p * eps))
+
+
+def _system_factor(rho_system: Array, rank: int) -> Array:
+    """``L`` with ``L L^dag = rho_s(0)``, keeping the ``rank`` largest eigenvalues; ``(d_s, rank)``."""
+    lam, v = jnp.linalg.eigh(rho_system)
+    lam = jnp.clip(lam[-rank:], 0.0, None)
+    return v[:, -rank:] * jnp.sqrt(lam)
+
+
+def _apply_on_factor(op: Array, w: Array, dims: tuple[int, ...], factor: int) -> Array:
+    """``(1 (x) op (x) 1) @ w`` for ``w`` of shape ``(D, n)`` without forming the ``D x D`` operator."""
+    tensor = w.reshape(dims + (w.shape[-1],))
+    out = jnp.moveaxis(jnp.tensordot(op, tensor, axes=([1], [factor])), 0, factor)
+    return out.reshape(w.shape)
+
+
+def _static_rank(rho_system, tol: float = 1e-12) -> int:
+    if not _is_concrete(rho_system):
+        return int(rho_system.shape[-1])
+    lam = np.linalg.eigvalsh(np.asarray(rho_system))
+    return max(1, int(np.sum(lam > tol * max(1.0, float(lam[-1])))))
+
+
+def _evolve_kernel(
+    system: OpenSystem,
+    times: Array,
+    *,
+    reservoir_entropies: bool,
+    time_batch_size: int,
+    system_rank: int,
+) -> Trajectory:
+    """One realization, all time points. Shapes are static; see :class:`Trajectory`."""
+    dims = system.dims
+    d_s, n_res, total = dims[0], system.n_reservoirs, system.total_dim
+    has_numbers = system.number_operators is not None
+
+    spectrum: Spectrum = diagonalize(system.hamiltonian())
+    w = spectrum.vectors
+    eqs = [_equilibrium(system, r) for r in range(n_res)]
+    rho0 = _kron_all([system.rho_system] + [e.rho for e in eqs])
+    rho0_eig = to_eigenbasis(spectrum, rho0)
+
+    # rho_s(t)_ij = <(|j><i| (x) 1)>_t: O~_ba = sum_R conj(W_(jR)b) W_(iR)a, weight M_ab = rho0~_ab O~_ba.
+    w_blocks = w.reshape(d_s, total // d_s, total)
+    system_weights = jnp.einsum("iRa,jRb->ijab", w_blocks, w_blocks.conj()).reshape(d_s * d_s, total, total)
+    system_weights = system_weights * rho0_eig
+    reservoir_ops = list(system.h_reservoirs) + (list(system.number_operators) if has_numbers else [])
+    factors = list(range(1, n_res + 1)) * (2 if has_numbers else 1)
+    reservoir_weights = [
+        observable_weights(rho0_eig, w.conj().T @ _apply_on_factor(op, w, dims, f))
+        for op, f in zip(reservoir_ops, factors)
+    ]
+    weights = jnp.concatenate([system_weights, jnp.stack(reservoir_weights)], axis=0)
+    # <H> is conserved, so <V>_t = <H>_0 - <H_s>_t - sum_r <H_r>_t needs no observable of its own.
+    total_energy = jnp.sum(spectrum.energies * jnp.real(jnp.diagonal(rho0_eig)))
+
+    if reservoir_entropies:
+        factor = _kron_all([_system_factor(system.rho_system, system_rank)] + [e.sqrt_rho for e in eqs])
+        factor_eig = w.conj().T @ factor.astype(jnp.result_type(w, factor))
+
+    def at_time(t):
+        values = expectation_at(spectrum.energies, weights, t)
+        out = {"expectations": values}
+        if reservoir_entropies:
+            x = propagate_factor(spectrum, factor_eig, t)
+            out["reservoir_entropy"] = jnp.stack(
+                [von_neumann_entropy(reduced_from_factor(x, dims, r + 1)) for r in range(n_res)]
+            )
+            if n_res > 1:
+                out["joint_reservoir_entropy"] = von_neumann_entropy(reservoirs_from_factor(x, d_s))
+        return out
+
+    series = jax.lax.map(at_time, times, batch_size=min(time_batch_size, times.shape[0]))
+    values = series["expectations"]
+    rho_s = values[:, : d_s * d_s].reshape(-1, d_s, d_s)
+    rho_s = (rho_s + jnp.swapaxes(rho_s, -1, -2).conj()) / 2
+    if not jnp.iscomplexobj(system.rho_system) and not jnp.iscomplexobj(w):
+        rho_s = jnp.real(rho_s)
+    obs = jnp.real(values[:, d_s * d_s :])
+    reservoir_energy = obs[:, :n_res]
+    particle_number = obs[:, n_res:] if has_numbers else None
+
+    mus = system.chemical_potentials
+    grand_energy = reservoir_energy - (mus * particle_number if has_numbers else 0.0)
+    grand_energy0 = jnp.stack([e.grand_energy for e in eqs])
+    log_z = jnp.stack([e.log_partition for e in eqs])
+    betas = system.betas
+
+    system_entropy = von_neumann_entropy(rho_s)
+    system_energy = jnp.real(jnp.einsum("ij,tji->t", system.h_system, rho_s))
+    interaction_energy = total_energy - system_energy - jnp.sum(reservoir_energy, axis=-1)
+    heat = grand_energy0 - grand_energy
+    entropy_flow = heat @ betas
+    entropy0 = von_neumann_entropy(system.rho_system)
+    total_entropy = entropy0 + sum(e.entropy for e in eqs)
+    # Tr rho ln(rho_s (x) prod rho_r^eq) with ln rho_r^eq = -beta_r G_r - ln Z_r and S(rho(t)) = S_tot.
+    entropy_production = system_entropy - total_entropy + grand_energy @ betas + jnp.sum(log_z)
+    balance = (system_entropy - entropy0) - entropy_flow
+    if n_res == 1:
+        energy0 = jnp.real(jnp.trace(system.h_system @ system.rho_system))
+        open_form = (system_entropy - entropy0) - betas[0] * (system_energy - energy0)
+    else:
+        open_form = None
+
+    expensive = {}
+    if reservoir_entropies:
+        s_r = series["reservoir_entropy"]
+        s_joint = series["joint_reservoir_entropy"] if n_res > 1 else s_r[:, 0]
+        expensive = dict(
+            reservoir_entropy=s_r,
+            mutual_information=system_entropy + s_joint - total_entropy,
+            correlation_entropy=total_entropy - system_entropy - jnp.sum(s_r, axis=-1),
+            reservoir_relative_entropy=-s_r + grand_energy * betas + log_z,
+            inter_reservoir_correlation=(jnp.sum(s_r, axis=-1) - s_joint) if n_res > 1 else None,
+        )
+    return Trajectory(
+        times=times,
+        system_state=rho_s,
+        system_entropy=system_entropy,
+        system_energy=system_energy,
+        interaction_energy=interaction_energy,
+        reservoir_energy=reservoir_energy,
+        reservoir_particle_number=particle_number,
+        heat=heat,
+        entropy_flow=entropy_flow,
+        entropy_production=entropy_production,
+        entropy_production_balance=balance,
+        entropy_production_open=open_form,
+        total_entropy=total_entropy,
+        **expensive,
+    )
+
+
+def time_block_bytes(dims: tuple[int, ...], system_rank: int, n_observables: int, itemsize: int,
+                     reservoir_entropies: bool) -> int:
+    """Bytes of working memory one time point of the loop needs (per realization)."""
+    total = math.prod(dims)
+    per_time = 4 * n_observables * total * itemsize  # cos/sin products of the weights
+    if reservoir_entropies:
+        rank = system_rank * total // dims[0]
+        per_time += 3 * total * rank * 2 * itemsize  # complex X(t) and its two real halves
+        per_time += 2 * max(d * d for d in dims[1:]) * 2 * itemsize
+        if len(dims) > 2:
+            per_time += 2 * (total // dims[0]) ** 2 * 2 * itemsize
+    return per_time
+
+
+def realization_bytes(dims: tuple[int, ...], n_times: int, *, system_rank: int, n_observables: int,
+                      itemsize: int, reservoir_entropies: bool, time_batch_size: int) -> int:
+    """Estimated peak working memory of one realization (the bound used to choose batch sizes)."""
+    total = math.prod(dims)
+    # H, W, eigh workspace, rho0 and its eigenbasis form, the stacked weights and their transpose.
+    fixed = (8 + 2 * n_observables) * total * total * itemsize
+    if reservoir_entropies:
+        fixed += 2 * total * (system_rank * total // dims[0]) * itemsize
+    per_time = time_block_bytes(dims, system_rank, n_observables, itemsize, reservoir_entropies)
+    return fixed + min(time_batch_size, n_times) * per_time + n_times * 64 * itemsize
+
+
+def auto_time_batch_size(dims, n_times, system_rank, n_observables, itemsize, reservoir_entropies,
+                         block_bytes: int = DEFAULT_TIME_BLOCK_BYTES) -> int:
+    per_time = time_block_bytes(dims, system_rank, n_observables, itemsize, reservoir_entropies)
+    return int(max(1, min(n_times, block_bytes // max(per_time, 1))))
+
+
+def check_times(times) -> Array:
+    """Validate a time grid: 1-D, finite, real; returns it as a JAX array."""
+    if not _is_concrete(times):
+        return times
+    arr = np.asarray(times)
+    if arr.ndim == 0:
+        arr = arr[None]
+    if arr.ndim != 1 or arr.size == 0:
+        raise InputError(f"times must be a non-empty 1-D array of time points, got shape {arr.shape}.")
+    if not np.isrealobj(arr) or not np.all(np.isfinite(arr)):
+        raise InputError("times must be finite real numbers.")
+    return jnp.asarray(arr, dtype=jnp.result_type(float))
+
+
+def warn_if_float32(dtype) -> None:
+    if jnp.finfo(dtype).bits < 64:
+        warnings.warn(
+            "qep_jax is computing in float32 (jax_enable_x64 is off or float32 inputs were given): "
+            "entropy differences near t = 0 lose accuracy (see README, 'Precision'). "
+            "Call jax.config.update('jax_enable_x64', True) at program start for float64.",
+            stacklevel=3,
+        )
+
+
+@functools.partial(jax.jit, static_argnames=("reservoir_entropies", "time_batch_size", "system_rank"))
+def _evolve_jit(system, times, *, reservoir_entropies, time_batch_size, system_rank):
+    return _evolve_kernel(
+        system, times, reservoir_entropies=reservoir_entropies, time_batch_size=time_batch_size,
+        system_rank=system_rank,
+    )
+
+
+def n_observables(system: OpenSystem) -> int:
+    k = system.n_reservoirs * (2 if system.number_operators is not None else 1)
+    return system.system_dim**2 + k
+
+
+def evolve(
+    open_system: OpenSystem,
+    times,
+    *,
+    reservoir_entropies: bool = True,
+    time_batch_size: int | None = None,
+) -> Trajectory:
+    """Exact unitary evolution and every entropy-production quantity of ``open_system``.
+
+    Diagonalises ``H`` once (``O(D^3)``); the cheap quantities (system state, energies, heat,
+    entropy flow, ``D_iS`` in both forms, eq. 25) then cost ``O(D^2)`` per time point. With
+    ``reservoir_entropies=True`` the reservoir reduced states are built from a ``D x R`` factor
+    of ``rho(t)`` (``O(D^2 R)`` per time point, ``R = rank(rho_s(0)) D / d_s``); the ``D x D``
+    state is never formed.
+
+    Args:
+        open_system: the problem, see :class:`OpenSystem`.
+        times: ``(T,)`` time points (any order, any sign).
+        reservoir_entropies: also compute ``reservoir_entropy``, ``mutual_information``,
+            ``correlation_entropy``, ``reservoir_relative_entropy`` (and the inter-reservoir
+            term for ``K >= 2``).
+        time_batch_size: time points processed together (memory ~ batch x D x R); default
+            chosen so one batch needs at most 256 MiB.
+
+    Returns:
+        :class:`Trajectory` of shape ``(T, ...)`` per field.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, qep_jax
+        >>> jax.config.update("jax_enable_x64", True)
+        >>> model = qep_jax.SpinGORM(n_levels=20, delta=0.1, coupling_strength=0.1, beta=10.0)
+        >>> system = model.open_system(qep_jax.goe(jax.random.key(0), 20))
+        >>> traj = qep_jax.evolve(system, jnp.linspace(0.0, 50.0, 11))
+        >>> traj.entropy_production.shape
+        (11,)
+    """
+    if not isinstance(open_system, OpenSystem):
+        raise InputError(f"open_system must be a qep_jax.OpenSystem, got {type(open_system).__name__}.")
+    times = check_times(times)
+    warn_if_float32(open_system.coupling.dtype)
+    rank = _static_rank(open_system.rho_system) if reservoir_entropies else open_system.system_dim
+    itemsize = jnp.finfo(open_system.coupling.dtype).bits // 8
+    if time_batch_size is None:
+        time_batch_size = auto_time_batch_size(
+            open_system.dims, times.shape[0], rank, n_observables(open_system), itemsize, reservoir_entropies
+        )
+    elif not isinstance(time_batch_size, int) or time_batch_size < 1:
+        raise InputError(f"time_batch_size={time_batch_size!r} must be a positive int.")
+    return _evolve_jit(
+        open_system, times, reservoir_entropies=reservoir_entropies,
+        time_batch_size=int(time_batch_size), system_rank=rank,
+    )

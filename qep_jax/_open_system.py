@@ -1,0 +1,290 @@
+"""The problem description: a finite system coupled to K finite reservoirs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+
+class InputError(ValueError):
+    """Raised for invalid user input; the message names the argument and the fix."""
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _tolerance(dtype) -> float:
+    # ~1.5e-10 in float64, ~3e-6 in float32: loose enough for matrices built with rounding.
+    return 0.01 * math.sqrt(float(np.finfo(dtype).eps))
+
+
+def check_finite(name: str, value: np.ndarray) -> None:
+    if not np.all(np.isfinite(value)):
+        raise InputError(f"{name} contains NaN or infinite entries; pass finite numbers.")
+
+
+def check_square(name: str, value: np.ndarray, dim: int | None = None) -> None:
+    if value.ndim != 2 or value.shape[0] != value.shape[1]:
+        raise InputError(f"{name} must be a square matrix, got shape {value.shape}.")
+    if dim is not None and value.shape[0] != dim:
+        raise InputError(f"{name} has shape {value.shape}, expected ({dim}, {dim}).")
+
+
+def check_hermitian(name: str, value: np.ndarray) -> None:
+    scale = max(1.0, float(np.max(np.abs(value), initial=0.0)))
+    err = float(np.max(np.abs(value - value.conj().T), initial=0.0))
+    tol = _tolerance(_real_dtype(value)) * scale
+    if err > tol:
+        raise InputError(
+            f"{name} is not Hermitian (max |A - A^dag| = {err:.3g} > {tol:.3g}); "
+            f"pass (A + A^dag) / 2 if the asymmetry is rounding."
+        )
+
+
+def check_density_matrix(name: str, value: np.ndarray) -> None:
+    check_hermitian(name, value)
+    n = value.shape[0]
+    tol = _tolerance(_real_dtype(value)) * n
+    trace = complex(np.trace(value))
+    if abs(trace - 1.0) > tol:
+        raise InputError(f"{name} has trace {trace.real:.12g}, expected 1; divide it by its trace.")
+    lowest = float(np.linalg.eigvalsh((value + value.conj().T) / 2)[0])
+    if lowest < -tol:
+        raise InputError(
+            f"{name} has a negative eigenvalue {lowest:.3g}; a density matrix must be positive semidefinite."
+        )
+
+
+def _real_dtype(value: np.ndarray):
+    dt = np.asarray(value).dtype
+    if np.issubdtype(dt, np.complexfloating):
+        return np.finfo(dt).dtype
+    if np.issubdtype(dt, np.floating):
+        return dt
+    return np.float64
+
+
+def _as_matrix_tuple(name: str, value: Any) -> tuple[Any, ...]:
+    if isinstance(value, (list, tuple)):
+        items = tuple(value)
+    else:
+        arr = value if hasattr(value, "ndim") else np.asarray(value)
+        if arr.ndim == 2:
+            items = (arr,)
+        elif arr.ndim == 3:
+            items = tuple(arr[i] for i in range(arr.shape[0]))
+        else:
+            raise InputError(f"{name} must be one matrix or a sequence of matrices, got shape {arr.shape}.")
+    if not items:
+        raise InputError(f"{name} is empty; give at least one reservoir Hamiltonian.")
+    return items
+
+
+def _kron_all(mats: Sequence[Array]) -> Array:
+    out = mats[0]
+    for m in mats[1:]:
+        out = jnp.kron(out, m)
+    return out
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class OpenSystem:
+    """A finite system coupled to ``K >= 1`` finite reservoirs (frozen pytree).
+
+    Total Hamiltonian ``H = H_s (x) 1 + sum_r 1 (x) H_r (x) 1 + V`` on the space
+    ``s (x) r_1 (x) ... (x) r_K`` (system index slowest). Initial state
+    ``rho_s(0) (x) prod_r exp(-beta_r (H_r - mu_r N_r)) / Z_r``.
+
+    Fields (arrays, differentiable):
+        h_system: ``(d_s, d_s)`` Hermitian.
+        h_reservoirs: tuple of ``K`` Hermitian ``(d_r, d_r)`` (any basis, not only diagonal).
+        betas: ``(K,)`` inverse temperatures (finite; zero and negative allowed).
+        coupling: ``(D, D)`` Hermitian, ``D = d_s prod_r d_r``.
+        rho_system: ``(d_s, d_s)`` initial system density matrix (pure or mixed).
+        chemical_potentials: ``(K,)`` (zeros when not given).
+        number_operators: tuple of ``K`` Hermitian ``(d_r, d_r)`` commuting with ``H_r``, or ``None``.
+
+    Construction with concrete arrays validates every argument and raises :class:`InputError`
+    naming the argument. Pytree unflattening (under ``jit``/``vmap``) skips validation.
+
+    Example:
+        >>> import jax.numpy as jnp, qep_jax
+        >>> sz = jnp.diag(jnp.array([-1.0, 1.0])); sx = jnp.array([[0.0, 1.0], [1.0, 0.0]])
+        >>> hr = jnp.diag(jnp.linspace(-0.5, 0.5, 4))
+        >>> system = qep_jax.OpenSystem(0.05 * sz, hr, 10.0, 0.1 * jnp.kron(sx, jnp.ones((4, 4)) / 4),
+        ...                             jnp.diag(jnp.array([1.0, 0.0])))
+        >>> system.dims
+        (2, 4)
+    """
+
+    __slots__ = (
+        "h_system",
+        "h_reservoirs",
+        "betas",
+        "coupling",
+        "rho_system",
+        "chemical_potentials",
+        "number_operators",
+    )
+
+    def __init__(
+        self,
+        h_system,
+        h_reservoirs,
+        betas,
+        coupling,
+        rho_system,
+        *,
+        chemical_potentials=None,
+        number_operators=None,
+    ):
+        h_res = _as_matrix_tuple("h_reservoirs", h_reservoirs)
+        n_res = len(h_res)
+        n_ops = None if number_operators is None else _as_matrix_tuple("number_operators", number_operators)
+        leaves = [h_system, *h_res, betas, coupling, rho_system]
+        if chemical_potentials is not None:
+            leaves.append(chemical_potentials)
+        if n_ops is not None:
+            leaves.extend(n_ops)
+        dtype = jnp.result_type(*[jnp.asarray(x).dtype for x in leaves], float)
+        if all(_is_concrete(x) for x in leaves):
+            _validate(h_system, h_res, betas, coupling, rho_system, chemical_potentials, n_ops)
+
+        def conv(x):
+            return jnp.asarray(x, dtype=dtype)
+
+        real = jnp.finfo(dtype).dtype
+        object.__setattr__(self, "h_system", conv(h_system))
+        object.__setattr__(self, "h_reservoirs", tuple(conv(h) for h in h_res))
+        object.__setattr__(self, "betas", jnp.broadcast_to(jnp.asarray(betas, real), (n_res,)))
+        object.__setattr__(self, "coupling", conv(coupling))
+        object.__setattr__(self, "rho_system", conv(rho_system))
+        mus = jnp.zeros((n_res,), real) if chemical_potentials is None else chemical_potentials
+        object.__setattr__(self, "chemical_potentials", jnp.broadcast_to(jnp.asarray(mus, real), (n_res,)))
+        object.__setattr__(self, "number_operators", None if n_ops is None else tuple(conv(n) for n in n_ops))
+
+    def __setattr__(self, name, value):
+        raise AttributeError("OpenSystem is immutable; use dataclasses-style replace via the constructor.")
+
+    # -- pytree protocol ------------------------------------------------------------------
+    def tree_flatten_with_keys(self):
+        keys = [jax.tree_util.GetAttrKey(name) for name in self.__slots__]
+        return list(zip(keys, (getattr(self, n) for n in self.__slots__))), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        for name, value in zip(cls.__slots__, children):
+            object.__setattr__(obj, name, value)
+        return obj
+
+    def __repr__(self) -> str:
+        return f"OpenSystem(dims={self.dims}, dtype={self.coupling.dtype})"
+
+    # -- static shape information -----------------------------------------------------------
+    @property
+    def system_dim(self) -> int:
+        return int(self.h_system.shape[-1])
+
+    @property
+    def reservoir_dims(self) -> tuple[int, ...]:
+        return tuple(int(h.shape[-1]) for h in self.h_reservoirs)
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return (self.system_dim, *self.reservoir_dims)
+
+    @property
+    def n_reservoirs(self) -> int:
+        return len(self.h_reservoirs)
+
+    @property
+    def total_dim(self) -> int:
+        return math.prod(self.dims)
+
+    # -- derived operators (traceable) --------------------------------------------------------
+    def embed(self, op: Array, factor: int) -> Array:
+        """``1 (x) ... (x) op (x) ... (x) 1`` with ``op`` on factor ``factor`` (0 = system)."""
+        mats = [jnp.eye(d, dtype=op.dtype) for d in self.dims]
+        mats[factor] = op
+        return _kron_all(mats)
+
+    def hamiltonian(self) -> Array:
+        """Total Hamiltonian ``(D, D)``."""
+        h = self.embed(self.h_system, 0) + self.coupling
+        for r, h_r in enumerate(self.h_reservoirs):
+            h = h + self.embed(h_r, r + 1)
+        return h
+
+    def grand_hamiltonian(self, r: int) -> Array:
+        """``H_r - mu_r N_r`` ``(d_r, d_r)``: the operator whose Gibbs state is ``rho_r^eq``."""
+        if self.number_operators is None:
+            return self.h_reservoirs[r]
+        return self.h_reservoirs[r] - self.chemical_potentials[r] * self.number_operators[r]
+
+
+def _validate(h_system, h_res, betas, coupling, rho_system, chemical_potentials, n_ops) -> None:
+    hs = np.asarray(h_system)
+    check_square("h_system", hs)
+    check_finite("h_system", hs)
+    check_hermitian("h_system", hs)
+    d_s = hs.shape[0]
+    dims = [d_s]
+    for r, h in enumerate(h_res):
+        h = np.asarray(h)
+        name = f"h_reservoirs[{r}]"
+        check_square(name, h)
+        check_finite(name, h)
+        check_hermitian(name, h)
+        dims.append(h.shape[0])
+    n_res = len(h_res)
+    b = np.asarray(betas, dtype=float) if np.isrealobj(np.asarray(betas)) else None
+    if b is None:
+        raise InputError("betas must be real inverse temperatures.")
+    if b.ndim > 1 or (b.ndim == 1 and b.shape[0] != n_res):
+        raise InputError(f"betas has shape {b.shape}, expected a scalar or ({n_res},), one per reservoir.")
+    check_finite("betas", b)
+    total = math.prod(dims)
+    v = np.asarray(coupling)
+    if v.shape != (total, total):
+        raise InputError(
+            f"coupling has shape {v.shape}, expected ({total}, {total}) = system {d_s} x reservoirs "
+            f"{tuple(dims[1:])} in the order s (x) r_1 (x) ... (x) r_K."
+        )
+    check_finite("coupling", v)
+    check_hermitian("coupling", v)
+    rho = np.asarray(rho_system)
+    check_square("rho_system", rho, d_s)
+    check_finite("rho_system", rho)
+    check_density_matrix("rho_system", rho)
+    if chemical_potentials is not None:
+        mu = np.asarray(chemical_potentials)
+        if not np.isrealobj(mu) or mu.ndim > 1 or (mu.ndim == 1 and mu.shape[0] != n_res):
+            raise InputError(f"chemical_potentials must be real with shape () or ({n_res},), got {mu.shape}.")
+        check_finite("chemical_potentials", mu)
+        if n_ops is None:
+            raise InputError("chemical_potentials needs number_operators (one N_r per reservoir).")
+    if n_ops is not None:
+        if len(n_ops) != n_res:
+            raise InputError(f"number_operators has {len(n_ops)} entries, expected {n_res}, one per reservoir.")
+        for r, n in enumerate(n_ops):
+            n = np.asarray(n)
+            name = f"number_operators[{r}]"
+            check_square(name, n, dims[r + 1])
+            check_finite(name, n)
+            check_hermitian(name, n)
+            h = np.asarray(h_res[r])
+            comm = float(np.max(np.abs(h @ n - n @ h), initial=0.0))
+            scale = max(1.0, float(np.max(np.abs(h))) * float(np.max(np.abs(n), initial=1.0)))
+            if comm > _tolerance(_real_dtype(h)) * scale * dims[r + 1]:
+                raise InputError(
+                    f"{name} does not commute with h_reservoirs[{r}] (max |[H, N]| = {comm:.3g}); "
+                    f"the grand-canonical state needs [H_r, N_r] = 0."
+                )

@@ -1,0 +1,195 @@
+"""The spin-GORM model of Esposito, Lindenberg & Van den Broeck (2010), eq. 29."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from .._evolve import (
+    _evolve_kernel,
+    auto_time_batch_size,
+    check_times,
+    realization_bytes,
+    warn_if_float32,
+)
+from .._open_system import InputError, OpenSystem, _is_concrete, check_finite, check_hermitian
+from .._random import goe
+from .._trajectory import Trajectory
+
+DEFAULT_MEMORY_BUDGET = 2 * 2**30
+
+
+def _pauli(dtype):
+    # Basis (|0>, |1>) with sigma_z |0> = -|0>: index 0 is the lower level.
+    sigma_z = jnp.diag(jnp.array([-1.0, 1.0], dtype))
+    sigma_x = jnp.array([[0.0, 1.0], [1.0, 0.0]], dtype)
+    return sigma_z, sigma_x
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class SpinGORM:
+    """Spin coupled to a Gaussian-orthogonal random-matrix reservoir (frozen pytree).
+
+    ``H = (delta/2) sigma_z + H_r + coupling_strength sigma_x (x) X / sqrt(8 N)`` with
+    ``H_r = diag(linspace(-1/2, 1/2, N))``, ``X`` from :func:`qep_jax.goe`, the spin initially
+    in its lower level ``|0>`` (``sigma_z |0> = -|0>``, basis index 0) and the reservoir canonical
+    at ``beta``.
+
+    Args:
+        n_levels: reservoir dimension ``N >= 2`` (static).
+        delta: spin splitting ``Delta``.
+        coupling_strength: ``lambda``.
+        beta: inverse temperature.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, qep_jax
+        >>> jax.config.update("jax_enable_x64", True)
+        >>> model = qep_jax.SpinGORM(n_levels=50, delta=0.1, coupling_strength=0.1, beta=10.0)
+        >>> traj = model.simulate(jax.random.key(0), jnp.linspace(0, 100, 5), n_realizations=8)
+        >>> traj.entropy_production.shape
+        (8, 5)
+    """
+
+    __slots__ = ("n_levels", "delta", "coupling_strength", "beta")
+
+    def __init__(self, n_levels: int, delta, coupling_strength, beta):
+        if isinstance(n_levels, bool) or not isinstance(n_levels, (int, np.integer)) or n_levels < 2:
+            raise InputError(f"n_levels={n_levels!r} must be an int >= 2 (reservoir levels from -1/2 to 1/2).")
+        params = {"delta": delta, "coupling_strength": coupling_strength, "beta": beta}
+        for name, value in params.items():
+            if _is_concrete(value):
+                arr = np.asarray(value)
+                if arr.shape != () or not np.isrealobj(arr):
+                    raise InputError(f"{name}={value!r} must be a real scalar.")
+                check_finite(name, arr)
+        real = jnp.result_type(float)
+        object.__setattr__(self, "n_levels", int(n_levels))
+        for name, value in params.items():
+            object.__setattr__(self, name, jnp.asarray(value, dtype=jnp.result_type(value, real)))
+
+    def __setattr__(self, name, value):
+        raise AttributeError("SpinGORM is immutable; build a new one.")
+
+    def tree_flatten_with_keys(self):
+        names = ("delta", "coupling_strength", "beta")
+        return [(jax.tree_util.GetAttrKey(n), getattr(self, n)) for n in names], self.n_levels
+
+    @classmethod
+    def tree_unflatten(cls, n_levels, children):
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "n_levels", n_levels)
+        for name, value in zip(("delta", "coupling_strength", "beta"), children):
+            object.__setattr__(obj, name, value)
+        return obj
+
+    def __repr__(self) -> str:
+        return (f"SpinGORM(n_levels={self.n_levels}, delta={self.delta}, "
+                f"coupling_strength={self.coupling_strength}, beta={self.beta})")
+
+    @property
+    def dtype(self):
+        return jnp.result_type(self.delta, self.coupling_strength, self.beta)
+
+    def reservoir_energies(self) -> Array:
+        """``(N,)`` equally spaced levels from -1/2 to +1/2 (endpoints included)."""
+        return jnp.linspace(-0.5, 0.5, self.n_levels, dtype=self.dtype)
+
+    def open_system(self, x: Array) -> OpenSystem:
+        """The problem description for one GOE matrix ``x`` ``(N, N)``."""
+        n = self.n_levels
+        if _is_concrete(x):
+            arr = np.asarray(x)
+            if arr.shape != (n, n):
+                raise InputError(f"x has shape {arr.shape}, expected ({n}, {n}) = (n_levels, n_levels).")
+            check_finite("x", arr)
+            check_hermitian("x", arr)
+        dtype = jnp.result_type(self.dtype, x)
+        sigma_z, sigma_x = _pauli(dtype)
+        coupling_matrix = jnp.asarray(x, dtype) / jnp.sqrt(jnp.asarray(8.0 * n, dtype))
+        return OpenSystem(
+            h_system=self.delta / 2 * sigma_z,
+            h_reservoirs=jnp.diag(self.reservoir_energies().astype(dtype)),
+            betas=self.beta,
+            coupling=self.coupling_strength * jnp.kron(sigma_x, coupling_matrix),
+            rho_system=jnp.diag(jnp.array([1.0, 0.0], dtype)),
+        )
+
+    def simulate(
+        self,
+        key: Array,
+        times,
+        n_realizations: int,
+        *,
+        reservoir_entropies: bool = True,
+        batch_size: int | None = None,
+        time_batch_size: int | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        first_realization: int = 0,
+    ) -> Trajectory:
+        """Evolve ``n_realizations`` independent realizations; realization ``i`` uses ``goe(fold_in(key, i))``.
+
+        Realizations are processed ``batch_size`` at a time (``jax.lax.map``), so memory is bounded
+        by the batch, not by ``n_realizations``; results do not depend on the batch size.
+
+        Args:
+            key: ``jax.random`` key.
+            times: ``(T,)`` time points.
+            n_realizations: number of realizations.
+            reservoir_entropies: see :func:`qep_jax.evolve`.
+            batch_size: realizations evaluated together; default from ``memory_budget``.
+            time_batch_size: see :func:`qep_jax.evolve`.
+            memory_budget: bytes the batch may use (estimate); a run whose single realization
+                does not fit raises :class:`qep_jax.InputError`.
+            first_realization: index of the first realization (for continuing an ensemble).
+
+        Returns:
+            :class:`Trajectory` with a leading ``(n_realizations,)`` axis on every field.
+        """
+        if isinstance(n_realizations, bool) or not isinstance(n_realizations, (int, np.integer)) or n_realizations < 1:
+            raise InputError(f"n_realizations={n_realizations!r} must be a positive int.")
+        if not isinstance(first_realization, (int, np.integer)) or first_realization < 0:
+            raise InputError(f"first_realization={first_realization!r} must be a non-negative int.")
+        times = check_times(times)
+        warn_if_float32(self.dtype)
+        dims = (2, self.n_levels)
+        itemsize = jnp.finfo(self.dtype).bits // 8
+        if time_batch_size is None:
+            time_batch_size = auto_time_batch_size(dims, times.shape[0], 1, 5, itemsize, reservoir_entropies)
+        per_realization = realization_bytes(
+            dims, times.shape[0], system_rank=1, n_observables=5, itemsize=itemsize,
+            reservoir_entropies=reservoir_entropies, time_batch_size=time_batch_size,
+        )
+        if per_realization > memory_budget:
+            raise InputError(
+                f"one realization needs about {per_realization / 2**30:.2f} GiB, more than "
+                f"memory_budget={memory_budget / 2**30:.2f} GiB; raise memory_budget or lower "
+                f"time_batch_size / n_levels."
+            )
+        if batch_size is None:
+            batch_size = int(max(1, min(n_realizations, memory_budget // per_realization)))
+        elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch_size={batch_size!r} must be a positive int.")
+        return _simulate_jit(
+            self, key, times, jnp.asarray(first_realization), n_realizations=int(n_realizations),
+            reservoir_entropies=reservoir_entropies, batch_size=int(min(batch_size, n_realizations)),
+            time_batch_size=int(time_batch_size),
+        )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("n_realizations", "reservoir_entropies", "batch_size", "time_batch_size")
+)
+def _simulate_jit(model, key, times, first, *, n_realizations, reservoir_entropies, batch_size, time_batch_size):
+    def one(i):
+        x = goe(jax.random.fold_in(key, i), model.n_levels, dtype=model.dtype)
+        return _evolve_kernel(
+            model.open_system(x), times, reservoir_entropies=reservoir_entropies,
+            time_batch_size=time_batch_size, system_rank=1,
+        )
+
+    indices = first + jnp.arange(n_realizations)
+    return jax.lax.map(one, indices, batch_size=batch_size)
