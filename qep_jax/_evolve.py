@@ -123,8 +123,6 @@ def _evolve_kernel(
     values = series["expectations"]
     rho_s = values[:, : d_s * d_s].reshape(-1, d_s, d_s)
     rho_s = (rho_s + jnp.swapaxes(rho_s, -1, -2).conj()) / 2
-    if not jnp.iscomplexobj(system.rho_system) and not jnp.iscomplexobj(w):
-        rho_s = jnp.real(rho_s)
     obs = jnp.real(values[:, d_s * d_s :])
     reservoir_energy = obs[:, :n_res]
     particle_number = obs[:, n_res:] if has_numbers else None

@@ -1,0 +1,170 @@
+"""Every Trajectory field against the independent dense reference, and every identity of physics.md §2."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import qep_jax
+
+from ._reference import dense_reference, random_density_matrix, random_hermitian
+
+TIMES = np.array([0.0, 0.3, 1.1, 2.5, 7.0])
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    d_s: int
+    d_rs: tuple
+    diagonal_reservoirs: bool
+    pure: bool
+    real: bool
+    grand: bool = False
+
+
+CASES = [
+    Case("qubit-K1-diag-pure-real", 2, (5,), True, True, True),
+    Case("qubit-K1-nondiag-mixed-complex", 2, (4,), False, False, False),
+    Case("qutrit-K1-diag-mixed-real", 3, (4,), True, False, True),
+    Case("qutrit-K1-nondiag-pure-complex", 3, (3,), False, True, False),
+    Case("qubit-K2-diag-pure-real", 2, (3, 4), True, True, True),
+    Case("qutrit-K2-nondiag-mixed-complex", 3, (3, 2), False, False, False),
+    Case("qubit-K2-grand-canonical", 2, (3, 3), True, False, False, True),
+]
+
+
+def build(case: Case, seed: int):
+    rng = np.random.default_rng(seed)
+    h_s = random_hermitian(rng, case.d_s, real=case.real, scale=0.7)
+    h_rs = []
+    number_ops = [] if case.grand else None
+    for d in case.d_rs:
+        if case.diagonal_reservoirs:
+            h_rs.append(np.diag(np.sort(rng.uniform(-1, 1, d))))
+        else:
+            h_rs.append(random_hermitian(rng, d, real=case.real, scale=0.5))
+        if case.grand:
+            number_ops.append(np.diag(rng.integers(0, 3, d).astype(float)))
+    total = case.d_s * int(np.prod(case.d_rs))
+    coupling = random_hermitian(rng, total, real=case.real, scale=0.3)
+    betas = rng.uniform(0.5, 3.0, len(case.d_rs))
+    rho_s0 = random_density_matrix(rng, case.d_s, pure=case.pure, real=case.real)
+    mus = rng.uniform(-0.5, 0.5, len(case.d_rs)) if case.grand else None
+    return h_s, h_rs, betas, coupling, rho_s0, mus, number_ops
+
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda c: c.name)
+def computed(request):
+    case = request.param
+    h_s, h_rs, betas, coupling, rho_s0, mus, number_ops = build(case, seed=hash(case.name) % 2**32)
+    system = qep_jax.OpenSystem(h_s, h_rs, betas, coupling, rho_s0,
+                                chemical_potentials=mus, number_operators=number_ops)
+    traj = qep_jax.evolve(system, TIMES, reservoir_entropies=True)
+    ref = dense_reference(h_s, h_rs, betas, coupling, rho_s0, TIMES, mus=mus, number_ops=number_ops)
+    return case, traj, ref
+
+
+FIELDS = [
+    "system_state", "system_entropy", "system_energy", "interaction_energy", "reservoir_energy",
+    "reservoir_particle_number", "heat", "entropy_flow", "entropy_production",
+    "entropy_production_balance", "entropy_production_open", "total_entropy", "reservoir_entropy",
+    "mutual_information", "correlation_entropy", "reservoir_relative_entropy", "inter_reservoir_correlation",
+]
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_field_matches_dense_reference(computed, field):
+    case, traj, ref = computed
+    value = getattr(traj, field)
+    if field not in ref:
+        # Fields that do not apply must be absent, not filled with a number.
+        assert value is None, f"{field} should be None for {case.name}"
+        return
+    assert value is not None, f"{field} missing for {case.name}"
+    np.testing.assert_allclose(np.asarray(value), ref[field], atol=1e-10, rtol=0, err_msg=field)
+
+
+def test_identities(computed):
+    case, traj, ref = computed
+    # Balance form (eq. 7) equals the relative-entropy form (eq. 10).
+    np.testing.assert_allclose(traj.entropy_production, traj.entropy_production_balance, atol=1e-10)
+    # Decomposition (eq. 18): D_iS = -S_c + sum_r D[rho_r || rho_r^eq].
+    np.testing.assert_allclose(
+        traj.entropy_production,
+        -traj.correlation_entropy + traj.reservoir_relative_entropy.sum(axis=-1), atol=1e-10)
+    # Second law and its refinement: D_iS >= -S_c >= 0; displacements >= 0.
+    assert np.all(traj.entropy_production >= -1e-12)
+    assert np.all(-traj.correlation_entropy >= -1e-12)
+    assert np.all(traj.entropy_production + traj.correlation_entropy >= -1e-12)
+    assert np.all(traj.reservoir_relative_entropy >= -1e-12)
+    assert abs(traj.entropy_production[0]) < 1e-12  # uncorrelated product with equilibrium reservoirs
+    # Total entropy is conserved: the closed form equals the dense S(rho(t)) at every t.
+    np.testing.assert_allclose(ref["total_entropy_t"], float(traj.total_entropy), atol=1e-10)
+    # First law for time-independent H: energy leaving the reservoirs enters system + interaction.
+    d_u = (traj.system_energy + traj.interaction_energy) - (traj.system_energy[0] + traj.interaction_energy[0])
+    d_res = traj.reservoir_energy.sum(axis=-1) - traj.reservoir_energy[0].sum()
+    np.testing.assert_allclose(d_u, -d_res, atol=1e-10)
+    if len(case.d_rs) == 1:
+        # K = 1: the mutual information is -S_c.
+        np.testing.assert_allclose(traj.mutual_information, -traj.correlation_entropy, atol=1e-12)
+    else:
+        np.testing.assert_allclose(
+            -traj.correlation_entropy, traj.mutual_information + traj.inter_reservoir_correlation, atol=1e-10)
+        assert np.all(traj.inter_reservoir_correlation >= -1e-12)
+    # The reduced state is a density matrix.
+    np.testing.assert_allclose(np.trace(traj.system_state, axis1=1, axis2=2), 1.0, atol=1e-12)
+
+
+def test_open_form_relation_eq27():
+    """D_iS' - D_iS = beta (<V>_t - <V>_0) for K = 1 (sign checked against the dense reference)."""
+    case = CASES[1]
+    h_s, h_rs, betas, coupling, rho_s0, _, _ = build(case, seed=7)
+    system = qep_jax.OpenSystem(h_s, h_rs, betas, coupling, rho_s0)
+    traj = qep_jax.evolve(system, TIMES, reservoir_entropies=False)
+    lhs = traj.entropy_production_open - traj.entropy_production
+    rhs = betas[0] * (traj.interaction_energy - traj.interaction_energy[0])
+    np.testing.assert_allclose(lhs, rhs, atol=1e-10)
+    ref = dense_reference(h_s, h_rs, betas, coupling, rho_s0, TIMES)
+    np.testing.assert_allclose(
+        ref["entropy_production_open"] - ref["entropy_production"],
+        betas[0] * (ref["interaction_energy"] - ref["interaction_energy"][0]), atol=1e-10)
+
+
+def test_cheap_set_equals_full_set():
+    case = CASES[4]
+    args = build(case, seed=3)
+    system = qep_jax.OpenSystem(*args[:5])
+    cheap = qep_jax.evolve(system, TIMES, reservoir_entropies=False)
+    full = qep_jax.evolve(system, TIMES, reservoir_entropies=True)
+    for name, value in cheap.fields().items():
+        np.testing.assert_allclose(value, getattr(full, name), atol=1e-13, err_msg=name)
+    assert cheap.reservoir_entropy is None and cheap.mutual_information is None
+
+
+def test_time_batching_does_not_change_results():
+    case = CASES[5]
+    system = qep_jax.OpenSystem(*build(case, seed=11)[:5])
+    times = np.linspace(0, 5, 7)
+    a = qep_jax.evolve(system, times, time_batch_size=1)
+    b = qep_jax.evolve(system, times, time_batch_size=3)
+    c = qep_jax.evolve(system, times, time_batch_size=7)
+    for name, value in a.fields().items():
+        np.testing.assert_allclose(value, getattr(b, name), atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(value, getattr(c, name), atol=1e-12, err_msg=name)
+
+
+def test_mixed_state_with_rank_deficiency_uses_exact_factor():
+    """A rank-2 qutrit state: the static rank must keep both nonzero eigenvalues."""
+    rng = np.random.default_rng(5)
+    h_s = random_hermitian(rng, 3, real=True)
+    h_r = np.diag(np.linspace(-1, 1, 3))
+    coupling = random_hermitian(rng, 9, real=True, scale=0.4)
+    v = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    rho_s0 = v @ np.diag([0.7, 0.3, 0.0]) @ v.T
+    system = qep_jax.OpenSystem(h_s, h_r, 1.3, coupling, rho_s0)
+    traj = qep_jax.evolve(system, TIMES)
+    ref = dense_reference(h_s, [h_r], np.array([1.3]), coupling, rho_s0, TIMES)
+    np.testing.assert_allclose(traj.reservoir_entropy, ref["reservoir_entropy"], atol=1e-10)
