@@ -5,6 +5,10 @@ The package never changes JAX's global configuration; enable float64 yourself wi
 ``jax.config.update("jax_enable_x64", True)``.
 """
 
+from ._driven import DrivenTrajectory as DrivenTrajectory
+from ._driven import LandauerBounds as LandauerBounds
+from ._driven import drive as drive
+from ._driven import landauer_bounds as landauer_bounds
 from ._entropy import logm_hermitian as logm_hermitian
 from ._entropy import relative_entropy as relative_entropy
 from ._entropy import von_neumann_entropy as von_neumann_entropy
@@ -17,10 +21,18 @@ from ._spectral import Spectrum as Spectrum
 from ._spectral import diagonalize as diagonalize
 from ._trajectory import Trajectory as Trajectory
 from .models import SpinGORM as SpinGORM
+from .protocols import FourierRamp as FourierRamp
+from .protocols import PiecewiseConstant as PiecewiseConstant
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DrivenTrajectory",
+    "FourierRamp",
+    "LandauerBounds",
+    "PiecewiseConstant",
+    "drive",
+    "landauer_bounds",
     "InputError",
     "OpenSystem",
     "SpinGORM",

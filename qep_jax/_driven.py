@@ -1,0 +1,474 @@
+"""Driven open systems: work, heat, free energy and entropy production under a protocol (physics.md §3).
+
+``H(t) = H_base + sum_j u_j(t) G_j`` where ``H_base`` is ``open_system.hamiltonian()``, the first
+``n_s`` drives act on the system (``G_j = A_j (x) 1``, part of ``H_s(t)``) and the others are
+full ``D x D`` coupling operators (part of ``V(t)``). Reservoirs, ``beta`` and the initial product
+state ``rho_s(0) (x) rho_r^eq`` come from the :class:`OpenSystem`.
+
+The state is carried as a factor ``X`` (``D x R``, ``rho = X X^dag``, ``R = rank(rho_s(0)) d_r``)
+through the steps; only ``rho_s(t)`` and a few expectation values are recorded, so memory is
+``O(D R)`` plus ``O(T d_s^2)`` for the series (reverse-mode gradients also store one step's
+residuals per step, or recompute them with ``checkpoint=True``).
+
+* :class:`~qep_jax.protocols.PiecewiseConstant`: exact, one ``eigh`` per step,
+  ``X <- W diag(exp(-i E dt)) W^dag X``. Work is the sum of jumps ``<H_{k} - H_{k-1}>`` at the
+  switching times.
+* smooth protocols (:class:`~qep_jax.protocols.FourierRamp`): the fourth-order commutator-free
+  Magnus integrator (two Gauss nodes, two Hermitian exponentials per step); its order is measured
+  in ``tests/test_driven.py``. The work integral ``int Tr[dH/dt rho]`` uses a fourth-order
+  quadrature of the power at the grid points.
+
+Every exponential is differentiated with the Daleckii-Krein formula (divided differences
+``(e^{-iE_a dt} - e^{-iE_b dt})/(E_a - E_b)`` written with ``sinc``), exact at degenerate levels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from ._entropy import von_neumann_entropy
+from ._evolve import _apply_on_factor, _equilibrium, _system_factor, warn_if_float32
+from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all, check_finite, check_hermitian
+from ._spectral import reduced_from_factor
+from .protocols import FourierRamp, PiecewiseConstant
+
+# Fourth-order commutator-free Magnus (two Gauss-Legendre nodes c_1 < c_2):
+# U(h) ~ exp(-i h (A1 H1 + A2 H2)) exp(-i h (A2 H1 + A1 H2)), applied right factor first.
+_GAUSS_NODES = (0.5 - math.sqrt(3.0) / 6.0, 0.5 + math.sqrt(3.0) / 6.0)
+_CF4_A1 = (3.0 - 2.0 * math.sqrt(3.0)) / 12.0
+_CF4_A2 = (3.0 + 2.0 * math.sqrt(3.0)) / 12.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DrivenTrajectory:
+    """Energetics of a driven open system on the recorded time grid (``hbar = k_B = 1``, K = 1 reservoir).
+
+    ``T`` recorded times: the ``M + 1`` switching times of a piecewise-constant protocol, or the
+    ``n_steps + 1`` grid points of a smooth one. Batched runs prepend a realization axis.
+
+    Fields:
+        times: ``(T,)``.
+        controls: ``(T, n_controls)`` ``u(t)`` in force at each recorded time (after the jump).
+        system_state: ``(T, d_s, d_s)`` ``rho_s(t)``.
+        system_entropy: ``(T,)`` ``S(t) = -Tr rho_s ln rho_s``.
+        energy: ``(T,)`` ``<H(t)>_t`` (total).
+        system_energy: ``(T,)`` ``U(t) = <H_s(t) + V(t)>_t`` (includes the interaction).
+        reservoir_energy: ``(T,)`` ``<H_r>_t``.
+        work: ``(T,)`` ``W(t) = <H(t)>_t - <H(0)>_0``.
+        work_integral: ``(T,)`` ``int_0^t Tr[(dH_s/ds + dV/ds) rho(s)] ds``: the sum of jumps
+            ``Tr[(H_k - H_{k-1}) rho(t_k)]`` (piecewise constant) or a fourth-order quadrature of
+            the power on the grid (smooth).
+        heat: ``(T,)`` ``Q(t) = <H_r>_0 - <H_r>_t`` (into the system).
+        entropy_flow: ``(T,)`` ``beta Q``.
+        entropy_production: ``(T,)`` ``D_iS = D[rho(t) || rho_s(t) (x) rho_r^eq]`` (eq. 10, closed form
+            of ``ln rho_r^eq``).
+        entropy_production_balance: ``(T,)`` ``dS - beta Q`` (eq. 7).
+        free_energy_change: ``(T,)`` ``dF = dU - T dS`` (non-equilibrium free energy at the reservoir
+            temperature ``T = 1/beta``).
+        dissipated_work: ``(T,)`` ``W - dF``; equals ``T D_iS >= 0`` (eq. 24).
+    """
+
+    times: Array
+    controls: Array
+    system_state: Array
+    system_entropy: Array
+    energy: Array
+    system_energy: Array
+    reservoir_energy: Array
+    work: Array
+    work_integral: Array
+    heat: Array
+    entropy_flow: Array
+    entropy_production: Array
+    entropy_production_balance: Array
+    free_energy_change: Array
+    dissipated_work: Array
+
+    def fields(self) -> dict[str, Array]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+jax.tree_util.register_dataclass(
+    DrivenTrajectory, data_fields=[f.name for f in dataclasses.fields(DrivenTrajectory)], meta_fields=[]
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Propagator exp(-i h dt) with a degeneracy-safe derivative.
+
+
+@jax.custom_jvp
+def hermitian_propagator(h: Array, dt: Array) -> Array:
+    """``exp(-i h dt)`` for Hermitian ``h`` ``(D, D)`` via one ``eigh``; returns complex ``(D, D)``."""
+    energies, vectors = jnp.linalg.eigh(h)
+    return (vectors * jnp.exp(-1j * energies * dt)) @ vectors.conj().T
+
+
+@hermitian_propagator.defjvp
+def _hermitian_propagator_jvp(primals, tangents):
+    h, dt = primals
+    dh, ddt = tangents
+    energies, vectors = jnp.linalg.eigh(h)
+    phases = jnp.exp(-1j * energies * dt)
+    value = (vectors * phases) @ vectors.conj().T
+    # Divided difference (phi_a - phi_b)/(E_a - E_b) = -i dt e^{-i dt (E_a+E_b)/2} sinc(dt (E_a-E_b)/2):
+    # finite and exact at E_a = E_b, where eigh's own derivative would divide by zero.
+    half_sum = (energies[:, None] + energies[None, :]) / 2
+    x = dt * (energies[:, None] - energies[None, :]) / 2
+    divided = -1j * dt * jnp.exp(-1j * dt * half_sum) * jnp.sinc(x / jnp.pi)
+    dh_eig = vectors.conj().T @ dh @ vectors
+    d_value = vectors @ (divided * dh_eig) @ vectors.conj().T
+    d_value = d_value - 1j * ddt * (h @ value)
+    return value, d_value
+
+
+# --------------------------------------------------------------------------------------------
+# Single-realization kernels.
+
+
+class _Drives(NamedTuple):
+    system: Array  # (n_s, d_s, d_s)
+    coupling: Array  # (n_v, D, D)
+
+
+def _embedded_drives(system: OpenSystem, drives: _Drives) -> Array:
+    """All drive operators on the full space, ``(n_controls, D, D)``."""
+    mats = [system.embed(a, 0) for a in drives.system] + list(drives.coupling)
+    return jnp.stack(mats)
+
+
+def _observe(system: OpenSystem, drives: _Drives, h: Array, x: Array):
+    """``rho_s``, ``<H_r>``, ``<H>`` and the drive expectations ``<G_j>`` for ``rho = X X^dag``."""
+    dims = system.dims
+    rho_s = reduced_from_factor(x, dims, 0)
+    rho_s = (rho_s + rho_s.conj().T) / 2
+    reservoir_energy = jnp.real(jnp.vdot(x, _apply_on_factor(system.h_reservoirs[0], x, dims, 1)))
+    energy = jnp.real(jnp.vdot(x, h @ x))
+    g_sys = jnp.real(jnp.einsum("jab,ba->j", drives.system, rho_s))
+    g_cpl = jnp.real(jnp.einsum("dr,jde,er->j", x.conj(), drives.coupling, x))
+    return rho_s, reservoir_energy, energy, jnp.concatenate([g_sys, g_cpl])
+
+
+def _initial_factor(system: OpenSystem, rank: int):
+    eq = _equilibrium(system, 0)
+    factor = _kron_all([_system_factor(system.rho_system, rank), eq.sqrt_rho])
+    return factor.astype(jnp.result_type(factor, jnp.complex64)), eq
+
+
+def _piecewise_kernel(system, drives, protocol: PiecewiseConstant, *, rank: int, checkpoint: bool):
+    generators = _embedded_drives(system, drives)
+    h_base = system.hamiltonian()
+    x0, eq = _initial_factor(system, rank)
+
+    def hamiltonian(u):
+        return h_base + jnp.tensordot(u, generators, axes=1)
+
+    def step(x, inputs):
+        u, dt = inputs
+        h = hamiltonian(u)
+        obs = _observe(system, drives, h, x)
+        return hermitian_propagator(h, dt) @ x, obs
+
+    if checkpoint:
+        step = jax.checkpoint(step)
+    x_final, series = jax.lax.scan(step, x0, (protocol.values, protocol.durations))
+    u_last = protocol.values[-1]
+    final = _observe(system, drives, hamiltonian(u_last), x_final)
+    rho_s, res_e, energy, g = (jnp.concatenate([s, f[None]]) for s, f in zip(series, final))
+    controls = jnp.concatenate([protocol.values, u_last[None]])
+    # Jump at t_k: (u_k - u_{k-1}) . <G>_{t_k}; none at t_0 (state prepared with H(u_0)) nor at t_M.
+    previous = jnp.concatenate([controls[:1], controls[:-1]])
+    work_integral = jnp.cumsum(jnp.sum((controls - previous) * g, axis=-1))
+    return _thermodynamics(system, eq, protocol.switching_times(), controls, rho_s, res_e, energy, work_integral)
+
+
+def _cumulative_quadrature(power: Array, h: Array) -> Array:
+    """``int_0^{t_n} P`` on a uniform grid, ``(n + 1,) -> (n + 1,)``; local cubic interpolation, global error ``O(h^4)``."""
+    inner = h * (-power[:-3] + 13 * power[1:-2] + 13 * power[2:-1] - power[3:]) / 24
+    first = h * (9 * power[0] + 19 * power[1] - 5 * power[2] + power[3]) / 24
+    last = h * (9 * power[-1] + 19 * power[-2] - 5 * power[-3] + power[-4]) / 24
+    pieces = jnp.concatenate([first[None], inner, last[None]])
+    return jnp.concatenate([jnp.zeros((1,), power.dtype), jnp.cumsum(pieces)])
+
+
+def _smooth_kernel(system, drives, protocol, *, n_steps: int, rank: int, checkpoint: bool):
+    generators = _embedded_drives(system, drives)
+    h_base = system.hamiltonian()
+    x0, eq = _initial_factor(system, rank)
+    h = protocol.duration / n_steps
+    times = jnp.arange(n_steps + 1, dtype=h.dtype) * h
+
+    def hamiltonian(t):
+        return h_base + jnp.tensordot(protocol.values(t), generators, axes=1)
+
+    def step(x, t):
+        obs = _observe(system, drives, hamiltonian(t), x)
+        h1, h2 = hamiltonian(t + _GAUSS_NODES[0] * h), hamiltonian(t + _GAUSS_NODES[1] * h)
+        x = hermitian_propagator(_CF4_A2 * h1 + _CF4_A1 * h2, h) @ x
+        x = hermitian_propagator(_CF4_A1 * h1 + _CF4_A2 * h2, h) @ x
+        return x, obs
+
+    if checkpoint:
+        step = jax.checkpoint(step)
+    x_final, series = jax.lax.scan(step, x0, times[:-1])
+    # Evaluate H at the exact final time (not n_steps * h, which may round differently).
+    final = _observe(system, drives, hamiltonian(protocol.duration), x_final)
+    rho_s, res_e, energy, g = (jnp.concatenate([s, f[None]]) for s, f in zip(series, final))
+    controls = jax.vmap(protocol.values)(times)
+    power = jnp.sum(jax.vmap(protocol.rates)(times) * g, axis=-1)
+    work_integral = _cumulative_quadrature(power, h)
+    return _thermodynamics(system, eq, times, controls, rho_s, res_e, energy, work_integral)
+
+
+def _thermodynamics(system, eq, times, controls, rho_s, reservoir_energy, energy, work_integral):
+    beta = system.betas[0]
+    system_entropy = von_neumann_entropy(rho_s)
+    entropy0 = von_neumann_entropy(system.rho_system)
+    total_entropy = entropy0 + eq.entropy
+    system_energy = energy - reservoir_energy
+    work = energy - energy[0]
+    heat = eq.grand_energy - reservoir_energy
+    d_entropy = system_entropy - entropy0
+    # Tr rho ln(rho_s (x) rho_r^eq) with ln rho_r^eq = -beta H_r - ln Z and S(rho(t)) = S_tot (unitary).
+    entropy_production = system_entropy - total_entropy + beta * reservoir_energy + eq.log_partition
+    free_energy_change = (system_energy - system_energy[0]) - d_entropy / beta
+    return DrivenTrajectory(
+        times=times,
+        controls=controls,
+        system_state=rho_s,
+        system_entropy=system_entropy,
+        energy=energy,
+        system_energy=system_energy,
+        reservoir_energy=reservoir_energy,
+        work=work,
+        work_integral=work_integral,
+        heat=heat,
+        entropy_flow=beta * heat,
+        entropy_production=entropy_production,
+        entropy_production_balance=d_entropy - beta * heat,
+        free_energy_change=free_energy_change,
+        dissipated_work=work - free_energy_change,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("n_steps", "rank", "checkpoint", "batched", "batch_size"))
+def _drive_jit(system, drives, protocol, *, n_steps, rank, checkpoint, batched, batch_size):
+    if isinstance(protocol, PiecewiseConstant):
+        def one(s):
+            return _piecewise_kernel(s, drives, protocol, rank=rank, checkpoint=checkpoint)
+    else:
+        def one(s):
+            return _smooth_kernel(s, drives, protocol, n_steps=n_steps, rank=rank, checkpoint=checkpoint)
+    if not batched:
+        return one(system)
+    return jax.lax.map(one, system, batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point: validation, then the jitted kernel.
+
+
+def _operator_stack(name: str, ops, dim: int, dtype) -> Array:
+    if ops is None:
+        ops = ()
+    if hasattr(ops, "ndim") and getattr(ops, "ndim") == 2:
+        ops = (ops,)
+    ops = tuple(ops)
+    for j, op in enumerate(ops):
+        if _is_concrete(op):
+            arr = np.asarray(op)
+            if arr.shape != (dim, dim):
+                raise InputError(f"{name}[{j}] has shape {arr.shape}, expected ({dim}, {dim}).")
+            check_finite(f"{name}[{j}]", arr)
+            check_hermitian(f"{name}[{j}]", arr)
+    if not ops:
+        return jnp.zeros((0, dim, dim), dtype)
+    return jnp.stack([jnp.asarray(op, dtype) for op in ops])
+
+
+def _batch_rank(rho_system, d_s: int, tol: float = 1e-12) -> int:
+    if not _is_concrete(rho_system):
+        return d_s
+    lam = np.linalg.eigvalsh(np.asarray(rho_system).reshape(-1, d_s, d_s))
+    counts = np.sum(lam > tol * np.maximum(1.0, lam[:, -1:]), axis=-1)
+    return max(1, int(np.max(counts)))
+
+
+def drive(
+    open_system: OpenSystem,
+    protocol,
+    *,
+    system_drives: Sequence[Array] | Array = (),
+    coupling_drives: Sequence[Array] | Array = (),
+    n_steps: int | None = None,
+    batch_size: int | None = None,
+    checkpoint: bool = False,
+) -> DrivenTrajectory:
+    """Propagate ``open_system`` under ``H(t) = H + sum_j u_j(t) G_j`` and return its energetics.
+
+    ``W(t) = <H(t)>_t - <H(0)>_0``, ``dU = W + Q`` with ``U = <H_s(t) + V(t)>``, and
+    ``T D_iS = W - dF`` with ``dF = dU - T dS`` (eq. 24). One reservoir (``K = 1``), canonical.
+
+    Args:
+        open_system: :class:`OpenSystem` with ``K = 1`` and ``beta > 0`` giving ``H_s(0)``-part,
+            ``H_r``, ``V``-part, ``beta`` and ``rho_s(0)``. Its leaves may carry a leading
+            realization axis (e.g. ``jax.vmap(model.open_system)(xs)``): the result then has it too.
+        protocol: :class:`~qep_jax.protocols.PiecewiseConstant` (exact) or a smooth protocol with
+            ``values(t)``/``rates(t)`` such as :class:`~qep_jax.protocols.FourierRamp`.
+        system_drives: ``n_s`` Hermitian ``(d_s, d_s)`` operators ``A_j``: ``H_s(t) = H_s + sum u_j A_j``.
+        coupling_drives: ``n_v`` Hermitian ``(D, D)`` operators ``B_j``: ``V(t) = V + sum u_{n_s+j} B_j``.
+            ``protocol.n_controls`` must equal ``n_s + n_v``.
+        n_steps: time steps for a smooth protocol (``>= 3``); must be ``None`` for piecewise constant.
+        batch_size: realizations propagated together (``jax.lax.map``) for a batched ``open_system``.
+        checkpoint: recompute each step in reverse-mode differentiation instead of storing it.
+
+    Returns:
+        :class:`DrivenTrajectory`, fields ``(T, ...)`` (``(n_realizations, T, ...)`` when batched).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, qep_jax
+        >>> jax.config.update("jax_enable_x64", True)
+        >>> model = qep_jax.SpinGORM(n_levels=8, delta=0.0, coupling_strength=0.3, beta=10.0)
+        >>> system = model.open_system(qep_jax.goe(jax.random.key(0), 8))
+        >>> ramp = qep_jax.PiecewiseConstant(jnp.full(10, 0.5), jnp.linspace(0.0, 0.5, 10)[:, None])
+        >>> out = qep_jax.drive(system, ramp, system_drives=[jnp.diag(jnp.array([-0.5, 0.5]))])
+        >>> bool(abs(out.dissipated_work[-1] - out.entropy_production[-1] / 10.0) < 1e-10)
+        True
+    """
+    if not isinstance(open_system, OpenSystem):
+        raise InputError(f"open_system must be a qep_jax.OpenSystem, got {type(open_system).__name__}.")
+    if open_system.n_reservoirs != 1:
+        raise InputError(
+            f"drive supports one reservoir (the first law of physics.md §3 uses one temperature); "
+            f"got K = {open_system.n_reservoirs}."
+        )
+    if open_system.number_operators is not None:
+        raise InputError("drive supports canonical reservoirs only; build the OpenSystem without number_operators.")
+    batched = open_system.h_system.ndim == 3
+    if _is_concrete(open_system.betas) and not np.all(np.asarray(open_system.betas) > 0):
+        raise InputError("betas must be > 0: the free energy F = U - T S needs a positive temperature.")
+    d_s, total = open_system.system_dim, open_system.total_dim
+    dtype = open_system.coupling.dtype
+    drives = _Drives(
+        _operator_stack("system_drives", system_drives, d_s, dtype),
+        _operator_stack("coupling_drives", coupling_drives, total, dtype),
+    )
+    n_controls = drives.system.shape[0] + drives.coupling.shape[0]
+    if isinstance(protocol, PiecewiseConstant):
+        if n_steps is not None:
+            raise InputError("n_steps applies to smooth protocols; a PiecewiseConstant protocol sets its own steps.")
+    elif isinstance(protocol, FourierRamp) or (hasattr(protocol, "values") and hasattr(protocol, "rates")):
+        if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 3:
+            raise InputError(f"n_steps={n_steps!r}: a smooth protocol needs an int n_steps >= 3.")
+        n_steps = int(n_steps)
+    else:
+        raise InputError(
+            f"protocol must be a qep_jax.PiecewiseConstant or a smooth protocol (values/rates), "
+            f"got {type(protocol).__name__}."
+        )
+    if protocol.n_controls != n_controls:
+        raise InputError(
+            f"protocol has {protocol.n_controls} controls but {drives.system.shape[0]} system_drives + "
+            f"{drives.coupling.shape[0]} coupling_drives were given; give one drive operator per control."
+        )
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise InputError(f"batch_size={batch_size!r} must be a positive int.")
+    warn_if_float32(dtype)
+    n_batch = int(open_system.h_system.shape[0]) if batched else 1
+    return _drive_jit(
+        open_system, drives, protocol, n_steps=n_steps, rank=_batch_rank(open_system.rho_system, d_s),
+        checkpoint=bool(checkpoint), batched=batched, batch_size=min(batch_size or n_batch, n_batch),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Landauer bounds for erasure with a finite reservoir (post-processing, NumPy).
+
+
+class LandauerBounds(NamedTuple):
+    """Lower bounds on the heat ``-Q = <H_r>_t - <H_r>_0`` given to the reservoir when ``S_s`` drops by ``dS_erased``.
+
+    landauer: ``dS_erased / beta``.
+    reeb_wolf: ``(dS + 2 dS^2 / (ln^2(d - 1) + 4)) / beta`` for ``dS >= 0`` (Reeb & Wolf 2014,
+        Theorem 6 with ``N = ln^2(d-1)/4 + 1``; dimension ``d`` only); ``dS / beta`` for ``dS < 0``.
+    spectral: minimum of ``<H_r>_sigma - <H_r>_eq`` over reservoir states with
+        ``S(sigma) >= S(rho_r^eq) + dS`` (a Gibbs state at ``beta' <= beta``), which the equality
+        ``beta(-Q) = dS + I(s':r') + D(rho_r' || rho_r^eq)`` implies for this ``H_r``; ``inf`` if no
+        state of the reservoir has that much entropy.
+    """
+
+    landauer: np.ndarray
+    reeb_wolf: np.ndarray
+    spectral: np.ndarray
+
+
+def _gibbs(energies: np.ndarray, beta: float) -> tuple[float, float]:
+    logits = -beta * (energies - energies.min())
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    nz = p > 0
+    return float(-np.sum(p[nz] * np.log(p[nz]))), float(np.sum(p * energies))
+
+
+def landauer_bounds(entropy_decrease, reservoir_energies, beta) -> LandauerBounds:
+    """Landauer, Reeb-Wolf and reservoir-spectrum bounds on the heat dissipated into a finite reservoir.
+
+    ``-Q >= B(dS)`` with ``dS = S(rho_s(0)) - S(rho_s(t))`` for any unitary process that starts
+    from ``rho_s(0) (x) exp(-beta H_r)/Z``.
+
+    Args:
+        entropy_decrease: ``(...)`` ``dS`` in nats.
+        reservoir_energies: ``(d,)`` eigenvalues of ``H_r``.
+        beta: inverse temperature ``> 0``.
+
+    Returns:
+        :class:`LandauerBounds`, each ``(...)`` in energy units.
+
+    Example:
+        >>> import numpy as np, qep_jax
+        >>> b = qep_jax.landauer_bounds(np.log(2), np.linspace(-0.5, 0.5, 20), 10.0)
+        >>> bool(b.spectral >= b.reeb_wolf >= b.landauer)
+        True
+    """
+    from scipy.optimize import brentq
+
+    energies = np.sort(np.asarray(reservoir_energies, dtype=float).ravel())
+    if energies.size < 2 or not np.all(np.isfinite(energies)):
+        raise InputError("reservoir_energies must be at least two finite eigenvalues of H_r.")
+    beta = float(beta)
+    if not beta > 0:
+        raise InputError(f"beta={beta!r} must be > 0.")
+    ds = np.asarray(entropy_decrease, dtype=float)
+    d = energies.size
+    landauer = ds / beta
+    quadratic = 2 * ds**2 / (np.log(d - 1) ** 2 + 4) if d > 2 else np.zeros_like(ds)
+    reeb_wolf = np.where(ds >= 0, (ds + quadratic) / beta, landauer)
+    s0, e0 = _gibbs(energies, beta)
+    s_max = math.log(d)
+
+    def spectral_one(x: float) -> float:
+        target = s0 + x
+        if target > s_max - 1e-13:
+            return math.inf if target > s_max + 1e-12 else float(np.mean(energies) - e0)
+        if abs(x) < 1e-14:
+            return 0.0
+        if x > 0:
+            lo, hi = 0.0, beta
+        else:
+            lo, hi = beta, 2 * beta
+            while _gibbs(energies, hi)[0] > target and hi < 1e8:
+                hi *= 2
+        b = brentq(lambda b: _gibbs(energies, b)[0] - target, lo, hi, xtol=1e-14, rtol=1e-14)
+        return _gibbs(energies, b)[1] - e0
+
+    spectral = np.vectorize(spectral_one, otypes=[float])(ds)
+    return LandauerBounds(landauer, reeb_wolf, spectral)

@@ -1,0 +1,49 @@
+"""Shared input checks for protocols (concrete inputs only; tracers pass through)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._open_system import InputError, _is_concrete
+
+
+def real_array(name: str, value, ndim: int) -> None:
+    """Raise :class:`InputError` unless ``value`` is a finite real array with ``ndim`` dimensions."""
+    if not _is_concrete(value):
+        return
+    arr = np.asarray(value)
+    if arr.ndim != ndim:
+        raise InputError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}.")
+    if not np.isrealobj(arr):
+        raise InputError(f"{name} must be real (control amplitudes multiply Hermitian operators).")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{name} contains NaN or infinite entries; pass finite numbers.")
+
+
+def positive(name: str, value) -> None:
+    if _is_concrete(value) and not np.all(np.asarray(value) > 0):
+        raise InputError(f"{name} must be > 0, got {np.asarray(value)!r}.")
+
+
+def register_frozen(cls, fields: tuple[str, ...]):
+    """Register a frozen dataclass as a pytree whose unflattening skips ``__post_init__``.
+
+    Transformations rebuild pytrees from tracers or placeholder objects; validating or converting
+    those would fail, so unflattening sets the fields directly.
+    """
+    import jax
+
+    def flatten_with_keys(obj):
+        return [(jax.tree_util.GetAttrKey(f), getattr(obj, f)) for f in fields], None
+
+    def flatten(obj):
+        return [getattr(obj, f) for f in fields], None
+
+    def unflatten(_, children):
+        obj = object.__new__(cls)
+        for f, c in zip(fields, children):
+            object.__setattr__(obj, f, c)
+        return obj
+
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+    return cls
