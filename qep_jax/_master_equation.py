@@ -1,0 +1,410 @@
+"""Weak-coupling predictions for the spin-GORM model: reservoir spectrum, Redfield, shell master equation.
+
+Derivations, the prefactor 1/8 of ``a(w)`` and the regimes of validity: ``docs/master_equation.md``.
+Units hbar = k_B = 1. Every function is a pure ``jnp`` computation (jittable, vmappable over
+parameters); validation happens only on concrete inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from ._entropy import von_neumann_entropy
+from ._evolve import check_times
+from ._open_system import InputError, _is_concrete
+from .models._spin_gorm import SpinGORM
+
+# <R_kl^2> = <X_kl^2> / (8 N) = 1 / (8 N) for the GOE of density exp(-Tr X^2 / 4), times the
+# density of states N of the unit-width flat band (docs/master_equation.md, section 2).
+SPECTRUM_PREFACTOR = 1.0 / 8.0
+
+
+def _check_prefactor(prefactor) -> None:
+    if _is_concrete(prefactor) and not float(np.asarray(prefactor)) > 0.0:
+        raise InputError(f"prefactor={prefactor!r} must be positive (1/8 for qep_jax's GOE normalisation).")
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, SpinGORM):
+        raise InputError(f"model must be a qep_jax.SpinGORM, got {type(model).__name__}.")
+    if _is_concrete(model.delta) and not 0.0 < float(model.delta) <= 0.5:
+        raise InputError(f"model.delta={float(model.delta)} must lie in (0, 1/2] for these predictions "
+                         "(the shell formulas assume the spin fits twice into the unit band).")
+
+
+def _band_fraction(beta: Array, w: Array) -> Array:
+    """``F(w) = (e^{b/2} - e^{-b/2} e^{b w}) / (e^{b/2} - e^{-b/2})`` for ``0 <= w <= 1``, overflow-safe."""
+    # Multiply numerator and denominator by e^{-b/2}: F = (1 - e^{-b (1 - w)}) / (1 - e^{-b}), with the
+    # b -> 0 limit 1 - w taken by expm1 ratios (b may be 0 or negative).
+    small = jnp.abs(beta) < 1e-8
+    safe_beta = jnp.where(small, 1.0, beta)
+    ratio = jnp.expm1(-safe_beta * (1.0 - w)) / jnp.expm1(-safe_beta)
+    return jnp.where(small, 1.0 - w, ratio)
+
+
+def reservoir_spectrum(frequencies, beta, *, prefactor=SPECTRUM_PREFACTOR) -> Array:
+    """Continuum reservoir spectrum ``a(w) = sum_kl p_k <|R_kl|^2> delta(w - (e_l - e_k))`` of spin-GORM.
+
+    ``a(w) = prefactor * F(w)`` for ``0 <= w <= 1``, ``a(-w) = e^{-beta w} a(w)``, zero for ``|w| > 1``,
+    with ``F(w) = (e^{beta/2} - e^{-beta/2} e^{beta w}) / (e^{beta/2} - e^{-beta/2})`` (flat band of
+    unit width, ``N -> infinity``). ``w`` is the energy absorbed by the reservoir; ``int a = prefactor``.
+
+    Args:
+        frequencies: ``(...)`` real.
+        beta: ``()`` inverse temperature of the reservoir.
+        prefactor: ``1/8`` for :func:`qep_jax.goe`'s ``exp(-Tr X^2/4)`` (derived in
+            ``docs/master_equation.md``); ``1/16`` is the ``exp(-Tr X^2/2)`` reading of the paper.
+
+    Returns:
+        ``(...)`` the spectral density (units of 1/energy).
+
+    Example:
+        >>> import jax.numpy as jnp, qep_jax
+        >>> a = qep_jax.reservoir_spectrum(jnp.array([0.1, -0.1]), 10.0)
+        >>> bool(jnp.isclose(a[1], jnp.exp(-1.0) * a[0]))
+        True
+    """
+    _check_prefactor(prefactor)
+    w = jnp.asarray(frequencies, dtype=jnp.result_type(frequencies, float))
+    beta = jnp.asarray(beta, dtype=w.dtype)
+    magnitude = jnp.abs(w)
+    inside = magnitude <= 1.0
+    positive = prefactor * _band_fraction(beta, jnp.clip(magnitude, 0.0, 1.0))
+    value = jnp.where(w >= 0, positive, jnp.exp(-beta * magnitude) * positive)
+    return jnp.where(inside, value, 0.0)
+
+
+def _canonical_populations(energies: Array, beta) -> Array:
+    logits = -beta * energies
+    return jnp.exp(logits - jax.nn.logsumexp(logits))
+
+
+def reservoir_spectrum_lines(energies, coupling_matrix, beta) -> tuple[Array, Array]:
+    """The discrete lines of ``a(w)`` for one sampled coupling: ``w_kl = e_l - e_k``, ``weight_kl = p_k |R_kl|^2``.
+
+    ``a(w) = sum_kl weight_kl delta(w - w_kl)`` exactly, with ``p_k = e^{-beta e_k} / Z``. Detailed
+    balance holds line by line: ``weight_lk = e^{-beta w_kl} weight_kl``.
+
+    Args:
+        energies: ``(N,)`` reservoir levels ``e_k`` (eigenvalues of ``H_r``, which is diagonal).
+        coupling_matrix: ``(N, N)`` Hermitian ``R`` in the eigenbasis of ``H_r``.
+        beta: ``()`` inverse temperature.
+
+    Returns:
+        ``(frequencies, weights)``, both ``(N, N)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, qep_jax
+        >>> e = jnp.linspace(-0.5, 0.5, 4); r = qep_jax.goe(jax.random.key(0), 4) / jnp.sqrt(32.0)
+        >>> w, weight = qep_jax.reservoir_spectrum_lines(e, r, 1.0)
+        >>> w.shape
+        (4, 4)
+    """
+    e = jnp.asarray(energies)
+    r = jnp.asarray(coupling_matrix)
+    if _is_concrete(r) and _is_concrete(e):
+        n = e.shape[-1]
+        if e.ndim != 1 or r.shape != (n, n):
+            raise InputError(f"energies {e.shape} and coupling_matrix {r.shape} must be (N,) and (N, N).")
+    p = _canonical_populations(e, beta)
+    return e[None, :] - e[:, None], p[:, None] * jnp.abs(r) ** 2
+
+
+def reservoir_spectrum_sampled(frequencies, energies, coupling_matrix, beta, *, width, kernel="gaussian") -> Array:
+    """``a(w)`` of one sampled ``R`` at finite N, smoothed: ``sum_kl p_k |R_kl|^2 K(w - (e_l - e_k))``.
+
+    ``kernel="gaussian"``: ``K`` the normal density of standard deviation ``width``;
+    ``kernel="box"``: ``K(x) = 1/width`` for ``|x| < width/2`` (a histogram with bins of ``width``
+    centred on ``frequencies``). Both integrate to one, so ``int a = Tr(rho_r^eq R^2)``. Choose
+    ``width`` several level spacings wide (``>~ 5 / (N - 1)``) so that each bin holds many lines.
+
+    Args:
+        frequencies: ``(F,)`` where to evaluate.
+        energies: ``(N,)`` reservoir levels.
+        coupling_matrix: ``(N, N)`` ``R`` in the eigenbasis of ``H_r``.
+        beta: ``()`` inverse temperature.
+        width: ``()`` kernel width (energy).
+        kernel: ``"gaussian"`` or ``"box"`` (static).
+
+    Returns:
+        ``(F,)`` the smoothed spectrum.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, qep_jax
+        >>> n = 200; e = jnp.linspace(-0.5, 0.5, n)
+        >>> r = qep_jax.goe(jax.random.key(0), n) / jnp.sqrt(8.0 * n)
+        >>> a = qep_jax.reservoir_spectrum_sampled(jnp.array([0.1]), e, r, 1.0, width=0.05)
+        >>> a.shape
+        (1,)
+    """
+    if kernel not in ("gaussian", "box"):
+        raise InputError(f"kernel={kernel!r} must be 'gaussian' or 'box'.")
+    if _is_concrete(width) and not float(np.asarray(width)) > 0.0:
+        raise InputError(f"width={width!r} must be positive.")
+    lines, weights = reservoir_spectrum_lines(energies, coupling_matrix, beta)
+    lines, weights = lines.reshape(-1), weights.reshape(-1)
+    w = jnp.atleast_1d(jnp.asarray(frequencies, dtype=weights.dtype))
+
+    def at(omega):  # one frequency at a time: memory O(N^2), not O(F N^2)
+        x = omega - lines
+        if kernel == "gaussian":
+            k = jnp.exp(-0.5 * (x / width) ** 2) / (width * math.sqrt(2.0 * math.pi))
+        else:
+            k = jnp.where(jnp.abs(x) < width / 2, 1.0 / width, 0.0)
+        return jnp.sum(weights * k)
+
+    return jax.lax.map(at, w)
+
+
+class RedfieldRates(NamedTuple):
+    """Golden-rule rates of the spin (all ``()``): ``up = 2 pi lambda^2 a(-Delta)``,
+    ``down = 2 pi lambda^2 a(Delta)``, ``relaxation = up + down`` (the paper's ``gamma``),
+    ``sigma_z_eq = (up - down) / (up + down) = -tanh(beta Delta / 2)``."""
+
+    up: Array
+    down: Array
+    relaxation: Array
+    sigma_z_eq: Array
+
+
+def redfield_rates(delta, coupling_strength, beta, *, prefactor=SPECTRUM_PREFACTOR) -> RedfieldRates:
+    """Redfield (Born-Markov-secular) rates of spin-GORM, eqs. 30-33: ``w_up = 2 pi lambda^2 a(-Delta)``.
+
+    Args:
+        delta: ``()`` spin splitting ``Delta`` (``0 < Delta <= 1``).
+        coupling_strength: ``()`` ``lambda``.
+        beta: ``()`` inverse temperature.
+        prefactor: of :func:`reservoir_spectrum`.
+
+    Returns:
+        :class:`RedfieldRates`.
+
+    Example:
+        >>> import qep_jax
+        >>> rates = qep_jax.redfield_rates(0.1, 0.1, 10.0)
+        >>> round(float(rates.relaxation), 5)
+        0.01074
+    """
+    scale = 2.0 * jnp.pi * jnp.asarray(coupling_strength, dtype=jnp.result_type(coupling_strength, float)) ** 2
+    a = reservoir_spectrum(jnp.stack([-jnp.asarray(delta), jnp.asarray(delta)]), beta, prefactor=prefactor)
+    up, down = scale * a[0], scale * a[1]
+    return RedfieldRates(up, down, up + down, (up - down) / (up + down))
+
+
+def redfield_state(times, delta, coupling_strength, beta, rho_system0, *, prefactor=SPECTRUM_PREFACTOR) -> Array:
+    """Secular Redfield solution ``rho_s(t)`` of spin-GORM (basis: index 0 the lower level).
+
+    Populations: ``p_up(t) = p_eq + (p_up(0) - p_eq) e^{-gamma t}`` with ``p_eq = w_up / gamma``;
+    coherence: ``rho_10(t) = rho_10(0) e^{-(gamma/2 + i Delta) t}`` (``sigma_x`` coupling gives no pure
+    dephasing; the Lamb shift is neglected).
+
+    Args:
+        times: ``(T,)``.
+        delta, coupling_strength, beta: ``()`` model parameters.
+        rho_system0: ``(2, 2)`` initial spin state.
+        prefactor: of :func:`reservoir_spectrum`.
+
+    Returns:
+        ``(T, 2, 2)`` complex if ``rho_system0`` has a coherence or is complex, else real.
+
+    Example:
+        >>> import jax.numpy as jnp, qep_jax
+        >>> rho = qep_jax.redfield_state(jnp.array([0.0, 1e4]), 0.1, 0.1, 10.0, jnp.diag(jnp.array([1.0, 0.0])))
+        >>> round(float(rho[-1, 1, 1]), 4)  # 1 / (1 + e^{beta Delta})
+        0.2689
+    """
+    times = check_times(times)
+    rho0 = jnp.asarray(rho_system0)
+    if _is_concrete(rho0) and rho0.shape != (2, 2):
+        raise InputError(f"rho_system0 has shape {rho0.shape}, expected (2, 2).")
+    rates = redfield_rates(delta, coupling_strength, beta, prefactor=prefactor)
+    p_eq = rates.up / rates.relaxation
+    decay = jnp.exp(-rates.relaxation * times)
+    p_up = p_eq + (jnp.real(rho0[1, 1]) - p_eq) * decay
+    if jnp.iscomplexobj(rho0) or (_is_concrete(rho0) and np.any(np.asarray(rho0)[0, 1] != 0)):
+        coherence = rho0[1, 0] * jnp.exp(-(rates.relaxation / 2 + 1j * delta) * times)
+        rho = jnp.stack([jnp.stack([1 - p_up + 0j, jnp.conj(coherence)], -1),
+                         jnp.stack([coherence, p_up + 0j], -1)], -2)
+        return rho
+    zeros = jnp.zeros_like(p_up)
+    return jnp.stack([jnp.stack([1 - p_up, zeros], -1), jnp.stack([zeros, p_up], -1)], -2)
+
+
+def open_entropy_production(system_states, h_system, beta, initial_state) -> Array:
+    """Eq. 25 from a system state alone: ``D_iS'(t) = D[rho_s(0)||rho_s^eq] - D[rho_s(t)||rho_s^eq]``.
+
+    Evaluated as ``S(t) - S(0) - beta (Tr H_s rho_s(t) - Tr H_s rho_s(0))`` (the ``ln Z_s`` cancel),
+    with ``rho_s^eq = e^{-beta H_s} / Z_s``.
+
+    Args:
+        system_states: ``(..., d, d)`` ``rho_s(t)``.
+        h_system: ``(d, d)`` ``H_s``.
+        beta: ``()`` inverse temperature.
+        initial_state: ``(d, d)`` ``rho_s(0)``.
+
+    Returns:
+        ``(...)`` in nats.
+
+    Example:
+        >>> import jax.numpy as jnp, qep_jax
+        >>> h = jnp.diag(jnp.array([-0.05, 0.05])); rho0 = jnp.diag(jnp.array([1.0, 0.0]))
+        >>> float(qep_jax.open_entropy_production(rho0, h, 10.0, rho0))
+        0.0
+    """
+    rho = jnp.asarray(system_states)
+    energy = jnp.real(jnp.einsum("ij,...ji->...", h_system, rho))
+    energy0 = jnp.real(jnp.trace(h_system @ initial_state))
+    return von_neumann_entropy(rho) - von_neumann_entropy(initial_state) - beta * (energy - energy0)
+
+
+class MasterEquationPrediction(NamedTuple):
+    """A weak-coupling prediction for spin-GORM started in ``|0><0|`` (shapes ``(T,)`` unless noted).
+
+    Fields:
+        times: ``(T,)``.
+        system_state: ``(T, 2, 2)`` predicted ``rho_s(t)`` (diagonal).
+        excited_population: ``p_up(t) = rho_s(t)[1, 1]``.
+        sigma_z: ``<sigma_z>_t = 2 p_up - 1``.
+        system_entropy: ``S(t)`` of the predicted state.
+        heat: ``Q(t) = Delta p_up(t)``, heat into the system (energy conservation with ``<V>`` neglected).
+        entropy_flow: ``beta Q``.
+        entropy_production_open: eq. 25 of the predicted state, ``S(t) - beta Delta p_up(t)``.
+        entropy_production: eq. 10 via the balance ``dS - beta Q``; equals the previous field
+            because the weak-coupling predictions set ``<V>_t = 0`` (eq. 27).
+        reservoir_relative_entropy: ``D[rho_r(t)||rho_r^eq]`` (shell prediction only, else ``None``).
+        mutual_information: ``entropy_production - reservoir_relative_entropy`` (shell only, else ``None``).
+    """
+
+    times: Array
+    system_state: Array
+    excited_population: Array
+    sigma_z: Array
+    system_entropy: Array
+    heat: Array
+    entropy_flow: Array
+    entropy_production_open: Array
+    entropy_production: Array
+    reservoir_relative_entropy: Array | None = None
+    mutual_information: Array | None = None
+
+
+def _prediction(model: SpinGORM, times: Array, p_up: Array, displacement=None) -> MasterEquationPrediction:
+    zeros = jnp.zeros_like(p_up)
+    rho = jnp.stack([jnp.stack([1 - p_up, zeros], -1), jnp.stack([zeros, p_up], -1)], -2)
+    entropy = von_neumann_entropy(rho)  # S(0) = 0 for |0><0|
+    heat = model.delta * p_up
+    flow = model.beta * heat
+    production = entropy - flow
+    mutual = None if displacement is None else production - displacement
+    return MasterEquationPrediction(times, rho, p_up, 2 * p_up - 1, entropy, heat, flow, production,
+                                    production, displacement, mutual)
+
+
+def redfield_prediction(model: SpinGORM, times, *, prefactor=SPECTRUM_PREFACTOR) -> MasterEquationPrediction:
+    """Redfield prediction ``<sigma_z>_t = <sigma_z>_eq + (-1 - <sigma_z>_eq) e^{-gamma t}`` and its entropies.
+
+    Canonical reservoir of infinite heat capacity: ``p_up -> 1 / (1 + e^{beta Delta})``.
+    The reservoir state is not predicted (those fields are ``None``).
+
+    Args:
+        model: :class:`qep_jax.SpinGORM` (its ``n_levels`` is not used: ``N -> infinity``).
+        times: ``(T,)``.
+        prefactor: of :func:`reservoir_spectrum`.
+
+    Returns:
+        :class:`MasterEquationPrediction`.
+
+    Example:
+        >>> import jax.numpy as jnp, qep_jax
+        >>> model = qep_jax.SpinGORM(n_levels=100, delta=0.1, coupling_strength=0.1, beta=10.0)
+        >>> pred = qep_jax.redfield_prediction(model, jnp.linspace(0.0, 300.0, 4))
+        >>> pred.sigma_z.shape
+        (4,)
+    """
+    _check_model(model)
+    times = check_times(times)
+    rates = redfield_rates(model.delta, model.coupling_strength, model.beta, prefactor=prefactor)
+    p_eq = rates.up / rates.relaxation
+    p_up = p_eq * (-jnp.expm1(-rates.relaxation * times))
+    return _prediction(model, times, p_up)
+
+
+def shell_pair_probability(model: SpinGORM) -> Array:
+    """``P_pair = sum_{k: e_k >= -1/2 + Delta} p_k``: weight of reservoir levels that can give ``Delta`` to the spin.
+
+    Args:
+        model: :class:`qep_jax.SpinGORM` (uses its ``N`` discrete levels).
+
+    Returns:
+        ``()``; its ``N -> infinity`` limit is ``e^{-beta Delta} F(Delta)``.
+
+    Example:
+        >>> import qep_jax
+        >>> model = qep_jax.SpinGORM(n_levels=101, delta=0.1, coupling_strength=0.1, beta=10.0)
+        >>> round(float(qep_jax.shell_pair_probability(model)), 4)
+        0.3679
+    """
+    _check_model(model)
+    e = model.reservoir_energies()
+    p = _canonical_populations(e, model.beta)
+    spacing = 1.0 / (model.n_levels - 1)
+    # Tolerance of 1e-9 spacings so that a level exactly at -1/2 + Delta counts despite rounding.
+    return jnp.sum(jnp.where(e >= -0.5 + model.delta - 1e-9 * spacing, p, 0.0))
+
+
+def shell_prediction(model: SpinGORM, times, *, prefactor=SPECTRUM_PREFACTOR) -> MasterEquationPrediction:
+    """Finite-environment (Esposito-Gaspard) prediction ``p_up(t) = P_pair (1 - e^{-2 w t}) / 2``, ``w = 2 pi lambda^2 prefactor``.
+
+    Each shell ``{|0, E>, |1, E - Delta>}`` equilibrates to equal populations (microcanonical, not
+    canonical: the flat band has finite heat capacity). From the predicted populations of spin and
+    reservoir, taking the reservoir state diagonal with density ``q(e)``
+    (``q/p = 1 + f e^{-beta Delta}`` on ``[-1/2, -1/2+Delta)``, ``1 - f + f e^{-beta Delta}`` in the
+    middle, ``1 - f`` on ``(1/2-Delta, 1/2]``, ``f = p_up / P_pair``), this also gives the reservoir
+    displacement ``D[rho_r||rho_r^eq] = sum_regions P_region g(q/p)``, ``g(x) = x ln x``, and the mutual
+    information ``D_iS - displacement``. It does not predict coherences, ``<V>_t``, or anything of a
+    single realization.
+
+    Args:
+        model: :class:`qep_jax.SpinGORM` (region weights summed over its ``N`` levels).
+        times: ``(T,)``.
+        prefactor: of :func:`reservoir_spectrum`.
+
+    Returns:
+        :class:`MasterEquationPrediction` with every field.
+
+    Example:
+        >>> import jax.numpy as jnp, qep_jax
+        >>> model = qep_jax.SpinGORM(n_levels=101, delta=0.1, coupling_strength=0.3, beta=10.0)
+        >>> pred = qep_jax.shell_prediction(model, jnp.array([0.0, 1e4]))
+        >>> round(float(pred.excited_population[-1]), 4)  # P_pair / 2
+        0.1839
+    """
+    _check_model(model)
+    _check_prefactor(prefactor)
+    times = check_times(times)
+    rate = 2.0 * jnp.pi * model.coupling_strength**2 * prefactor
+    pair = shell_pair_probability(model)
+    filling = -jnp.expm1(-2.0 * rate * times) / 2  # f(t): fraction of each shell's weight moved up
+    p_up = pair * filling
+
+    e = model.reservoir_energies()
+    p = _canonical_populations(e, model.beta)
+    spacing = 1.0 / (model.n_levels - 1)
+    tol = 1e-9 * spacing
+    low = jnp.sum(jnp.where(e < -0.5 + model.delta - tol, p, 0.0))
+    high = jnp.sum(jnp.where(e > 0.5 - model.delta + tol, p, 0.0))
+    middle = 1.0 - low - high
+    boltzmann = jnp.exp(-model.beta * model.delta)
+
+    def xlogx(x):
+        return jnp.where(x > 0, x * jnp.log(jnp.where(x > 0, x, 1.0)), 0.0)
+
+    displacement = (low * xlogx(1 + filling * boltzmann) + middle * xlogx(1 - filling + filling * boltzmann)
+                    + high * xlogx(1 - filling))
+    return _prediction(model, times, p_up, displacement)

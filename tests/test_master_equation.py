@@ -1,0 +1,184 @@
+"""Master-equation predictions: analytic checks and comparisons with exact ensemble averages.
+
+Reference numbers (docs/master_equation.md, section 5) were measured with the same parameters.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import qep_jax
+from qep_jax._master_equation import (
+    open_entropy_production,
+    redfield_prediction,
+    redfield_rates,
+    redfield_state,
+    reservoir_spectrum,
+    reservoir_spectrum_lines,
+    reservoir_spectrum_sampled,
+    shell_pair_probability,
+    shell_prediction,
+)
+
+# Golden-rule regime for the exact-vs-prediction tests: level width 2 pi lambda^2 / 8 = 0.031 is
+# 3 level spacings (1/99) and 0.13 Delta; the band edge regions (width Delta) hold many levels.
+DELTA, LAMBDA, BETA, N = 0.25, 0.2, 2.0, 100
+N_REALIZATIONS = 150
+TIMES = jnp.linspace(0.0, 120.0, 61)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0, 10.0, -2.0])
+def test_spectrum_detailed_balance_and_normalisation(beta):
+    w = jnp.linspace(0.0, 1.2, 301)
+    a_pos, a_neg = reservoir_spectrum(w, beta), reservoir_spectrum(-w, beta)
+    np.testing.assert_allclose(a_neg, np.exp(-beta * np.asarray(w)) * a_pos, rtol=1e-12, atol=1e-15)
+    assert np.all(np.asarray(reservoir_spectrum(jnp.array([1.01, -1.01, 3.0]), beta)) == 0.0)
+    # int a(w) dw = 1/8: every level sees the whole unit band with density N and <R^2> = 1/(8N).
+    grid = np.linspace(-1.0, 1.0, 40001)  # kinks at 0, +-1 lie on the grid
+    integral = np.trapezoid(np.asarray(reservoir_spectrum(jnp.asarray(grid), beta)), grid)
+    np.testing.assert_allclose(integral, 1 / 8, rtol=1e-6)  # trapezoid error ~ h^2 beta^2 / 12
+    # F(0) = 1, F(1) = 0, and the 1/16 reading is exactly half.
+    np.testing.assert_allclose(reservoir_spectrum(jnp.array([0.0, 1.0]), beta), [1 / 8, 0.0], atol=1e-14)
+    np.testing.assert_allclose(reservoir_spectrum(0.3, beta, prefactor=1 / 16), reservoir_spectrum(0.3, beta) / 2)
+
+
+def test_spectrum_closed_form_against_direct_formula():
+    beta, w = 10.0, np.linspace(0.0, 1.0, 11)
+    direct = (np.exp(beta / 2) - np.exp(-beta / 2) * np.exp(beta * w)) / (np.exp(beta / 2) - np.exp(-beta / 2)) / 8
+    np.testing.assert_allclose(reservoir_spectrum(jnp.asarray(w), beta), direct, rtol=1e-12, atol=1e-16)
+
+
+def test_lines_detailed_balance_and_trace(key):
+    n, beta = 30, 3.0
+    e = jnp.linspace(-0.5, 0.5, n)
+    r = qep_jax.goe(key, n) / jnp.sqrt(8.0 * n)
+    freq, weight = reservoir_spectrum_lines(e, r, beta)
+    np.testing.assert_allclose(weight.T, np.exp(-beta * np.asarray(freq)) * weight, rtol=1e-12)
+    p = np.exp(-beta * np.asarray(e)); p /= p.sum()
+    np.testing.assert_allclose(weight.sum(), np.trace(np.diag(p) @ np.asarray(r) @ np.asarray(r)), rtol=1e-12)
+    # Smoothed spectra integrate to the same total.
+    grid = jnp.linspace(-1.5, 1.5, 1201)
+    for kernel in ("gaussian", "box"):
+        a = reservoir_spectrum_sampled(grid, e, r, beta, width=0.05, kernel=kernel)
+        np.testing.assert_allclose(np.trapezoid(np.asarray(a), np.asarray(grid)), float(weight.sum()), rtol=2e-3)
+
+
+def test_sampled_spectrum_converges_to_continuum(key):
+    # Average over 8 GOE draws at N = 400, Gaussian width 0.03 (12 level spacings), away from the
+    # kinks at w = 0, +-1 where smoothing biases the value. Expected relative scatter per point:
+    # 1 / sqrt(8 * lines per kernel ~ 8 * 0.075 * 400) ~ 2%; finite-N bias (N-1)/N ~ 0.3%.
+    n, beta = 400, 2.0
+    e = jnp.linspace(-0.5, 0.5, n)
+    w = jnp.array([-0.6, -0.3, 0.2, 0.5, 0.7])
+    keys = jax.random.split(key, 8)
+    sampled = jax.vmap(lambda k: reservoir_spectrum_sampled(
+        w, e, qep_jax.goe(k, n) / jnp.sqrt(8.0 * n), beta, width=0.03))(keys)
+    mean, se = sampled.mean(0), sampled.std(0, ddof=1) / np.sqrt(8)
+    exact = reservoir_spectrum(w, beta)
+    # Smoothing bias of a Gaussian on a smooth function: (width^2/2) a'' ~ 5e-4 a(w) at beta = 2.
+    assert np.all(np.abs(mean - exact) < 5 * se + 0.01 * exact), (mean, exact, se)
+
+
+def test_redfield_rates_and_state():
+    rates = redfield_rates(0.1, 0.1, 10.0)
+    np.testing.assert_allclose(rates.sigma_z_eq, -np.tanh(10 * 0.1 / 2), rtol=1e-12)
+    np.testing.assert_allclose(rates.up / rates.down, np.exp(-1.0), rtol=1e-12)
+    np.testing.assert_allclose(rates.down, 2 * np.pi * 0.01 * reservoir_spectrum(0.1, 10.0), rtol=1e-12)
+    times = jnp.array([0.0, 3.0, 50.0])
+    rho0 = jnp.array([[0.7, 0.2 - 0.1j], [0.2 + 0.1j, 0.3]])
+    rho = redfield_state(times, 0.1, 0.1, 10.0, rho0)
+    g, p_eq = float(rates.relaxation), float(rates.up / rates.relaxation)
+    np.testing.assert_allclose(rho[:, 1, 1].real, p_eq + (0.3 - p_eq) * np.exp(-g * np.asarray(times)), rtol=1e-12)
+    np.testing.assert_allclose(rho[:, 1, 0], (0.2 + 0.1j) * np.exp(-(g / 2 + 0.1j) * np.asarray(times)), rtol=1e-12)
+    np.testing.assert_allclose(np.trace(rho, axis1=1, axis2=2), 1.0, rtol=1e-12)
+
+
+def test_open_entropy_production_matches_relative_entropy_form():
+    h = jnp.diag(jnp.array([-0.3, 0.3]))
+    beta = 1.7
+    rho_eq = jnp.diag(jnp.exp(-beta * jnp.diag(h)) / jnp.sum(jnp.exp(-beta * jnp.diag(h))))
+    rho0 = jnp.array([[0.9, 0.1], [0.1, 0.1]])
+    rho_t = jnp.array([[0.6, 0.05j], [-0.05j, 0.4]])
+    expected = qep_jax.relative_entropy(rho0, rho_eq) - qep_jax.relative_entropy(rho_t, rho_eq)
+    np.testing.assert_allclose(open_entropy_production(rho_t, h, beta, rho0), expected, rtol=1e-10)
+
+
+def test_predictions_analytic_limits():
+    model = qep_jax.SpinGORM(n_levels=1001, delta=0.1, coupling_strength=0.1, beta=10.0)
+    late = jnp.array([0.0, 1e5])
+    red = redfield_prediction(model, late)
+    np.testing.assert_allclose(red.sigma_z[-1], -np.tanh(0.5), rtol=1e-10)
+    shell = shell_prediction(model, late)
+    continuum_pair = float(np.exp(-1.0) * reservoir_spectrum(0.1, 10.0) * 8)
+    np.testing.assert_allclose(shell_pair_probability(model), continuum_pair, rtol=2e-3)  # O(spacing)
+    np.testing.assert_allclose(shell.excited_population[-1], float(shell_pair_probability(model)) / 2, rtol=1e-12)
+    # Same initial slope (docs, section 4): P_pair * 2 pi lambda^2 / 8 = w_up in the continuum.
+    t = jnp.array([0.0, 1e-4])
+    slope_shell = float(shell_prediction(model, t).excited_population[1]) / 1e-4
+    slope_red = float(redfield_prediction(model, t).excited_population[1]) / 1e-4
+    np.testing.assert_allclose(slope_shell, slope_red, rtol=3e-3)
+    # Consistency of the entropy fields: eq. 25 of the state, and D_iS = I + displacement.
+    for pred in (red, shell):
+        h = jnp.diag(jnp.array([-0.05, 0.05]))
+        np.testing.assert_allclose(pred.entropy_production_open,
+                                   open_entropy_production(pred.system_state, h, 10.0, pred.system_state[0]), atol=1e-12)
+    assert np.all(np.asarray(shell.reservoir_relative_entropy) >= 0)
+    assert np.all(np.asarray(shell.mutual_information) >= -1e-12)
+
+
+def test_predictions_jit_and_vmap():
+    def p_late(lam):
+        m = qep_jax.SpinGORM(n_levels=100, delta=0.25, coupling_strength=lam, beta=2.0)
+        return redfield_prediction(m, TIMES).excited_population[5], shell_prediction(m, TIMES).excited_population[5]
+
+    lams = jnp.array([0.1, 0.2])
+    batched = jax.jit(jax.vmap(p_late))(lams)
+    for i, lam in enumerate([0.1, 0.2]):
+        single = p_late(lam)
+        np.testing.assert_allclose(batched[0][i], single[0], rtol=1e-12)
+        np.testing.assert_allclose(batched[1][i], single[1], rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def exact_excitation():
+    model = qep_jax.SpinGORM(n_levels=N, delta=DELTA, coupling_strength=LAMBDA, beta=BETA)
+    traj = model.simulate(jax.random.key(3), TIMES, N_REALIZATIONS, reservoir_entropies=False)
+    return model, np.asarray(traj.system_state[:, :, 1, 1]).real  # (R, T)
+
+
+def test_initial_slope_settles_prefactor(exact_excitation):
+    """Slope of p_up over 4 <= t <= 24 (quadratic fit per realization) against 2 pi lambda^2 a(-Delta).
+
+    Measured: slope / w_up(1/8) = 1.012 +- 0.002. The standard error is 0.2%, but the fit window
+    carries an O(lambda^2) / non-Markovian systematic of ~1-5% (it moves with the window, docs
+    section 5), so the check is |ratio - 1| < 0.05; the 1/16 reading (ratio 2) is excluded by > 100 sigma.
+    """
+    model, p = exact_excitation
+    t = np.asarray(TIMES)
+    sel = (t >= 4) & (t <= 24)
+    coef = np.linalg.lstsq(np.vander(t[sel], 3), p[:, sel].T, rcond=None)[0]
+    slopes = coef[1]
+    mean, se = slopes.mean(), slopes.std(ddof=1) / np.sqrt(len(slopes))
+    w_up = float(redfield_rates(DELTA, LAMBDA, BETA).up)
+    assert abs(mean / w_up - 1) < 0.05 and se / w_up < 0.01, (mean / w_up, se / w_up)
+    w_up_16 = float(redfield_rates(DELTA, LAMBDA, BETA, prefactor=1 / 16).up)
+    assert abs(mean - w_up_16) > 20 * se
+
+
+def test_long_time_limit_is_shell_not_canonical(exact_excitation):
+    """Mean p_up over 80 <= t <= 120 (2 w t >= 5): shell 0.271, Redfield 0.37, exact 0.289 +- 0.0004.
+
+    The finite heat capacity keeps the exact state far from the canonical Redfield value (> 100
+    sigma), and within an O(lambda^2) offset (0.018 at lambda = 0.2, 0.009 at lambda = 0.15) of
+    the shell prediction: |exact - shell| < 0.25 |Redfield - shell|.
+    """
+    model, p = exact_excitation
+    t = np.asarray(TIMES)
+    late = t >= 80
+    per_realization = p[:, late].mean(1)
+    mean, se = per_realization.mean(), per_realization.std(ddof=1) / np.sqrt(len(per_realization))
+    shell = float(shell_prediction(model, TIMES).excited_population[late].mean())
+    red = float(redfield_prediction(model, TIMES).excited_population[late].mean())
+    assert abs(mean - red) > 50 * se
+    assert abs(mean - shell) < 0.25 * abs(red - shell), (mean, se, shell, red)
