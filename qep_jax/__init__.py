@@ -13,6 +13,17 @@ from ._entropy import logm_hermitian as logm_hermitian
 from ._entropy import relative_entropy as relative_entropy
 from ._entropy import von_neumann_entropy as von_neumann_entropy
 from ._evolve import evolve as evolve
+from ._master_equation import MasterEquationPrediction as MasterEquationPrediction
+from ._master_equation import RedfieldRates as RedfieldRates
+from ._master_equation import open_entropy_production as open_entropy_production
+from ._master_equation import redfield_prediction as redfield_prediction
+from ._master_equation import redfield_rates as redfield_rates
+from ._master_equation import redfield_state as redfield_state
+from ._master_equation import reservoir_spectrum as reservoir_spectrum
+from ._master_equation import reservoir_spectrum_lines as reservoir_spectrum_lines
+from ._master_equation import reservoir_spectrum_sampled as reservoir_spectrum_sampled
+from ._master_equation import shell_pair_probability as shell_pair_probability
+from ._master_equation import shell_prediction as shell_prediction
 from ._open_system import InputError as InputError
 from ._open_system import OpenSystem as OpenSystem
 from ._partial_trace import partial_trace as partial_trace
@@ -45,4 +56,15 @@ __all__ = [
     "partial_trace",
     "relative_entropy",
     "von_neumann_entropy",
+    "MasterEquationPrediction",
+    "RedfieldRates",
+    "open_entropy_production",
+    "redfield_prediction",
+    "redfield_rates",
+    "redfield_state",
+    "reservoir_spectrum",
+    "reservoir_spectrum_lines",
+    "reservoir_spectrum_sampled",
+    "shell_pair_probability",
+    "shell_prediction",
 ]
