@@ -1,0 +1,103 @@
+"""Large-reservoir limit with ensemble averages: exact vs Redfield vs shell (Esposito-Gaspard) prediction.
+
+Mean and standard error over many GOE realizations for several N, of <sigma_z>_t, D_iS (eq. 10) and
+D_iS' (eq. 25). Run: python experiments/large_reservoir_limit.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import _common
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+
+import qep_jax
+
+
+def first_disagreement(times, mean, se, prediction, n_sigma=3.0, floor=0.0):
+    """First time after which |mean - prediction| exceeds n_sigma SE (+floor); inf if never."""
+    bad = np.abs(mean - prediction) > n_sigma * se + floor
+    bad[0] = False  # t = 0 is exact for every prediction (SE = 0 there)
+    return float(times[np.argmax(bad)]) if bad.any() else float("inf")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n-levels", type=int, nargs="+", default=[25, 50, 100])
+    ap.add_argument("--delta", type=float, default=0.25)
+    ap.add_argument("--coupling", type=float, default=0.2)
+    ap.add_argument("--beta", type=float, default=2.0)
+    ap.add_argument("--realizations", type=int, default=1000)
+    ap.add_argument("--t-max", type=float, default=300.0)
+    ap.add_argument("--n-times", type=int, default=151)
+    ap.add_argument("--tolerance", type=float, default=0.02,
+                    help="absolute <sigma_z> allowance added to 3 SE when timing agreement (O(lambda^2) offsets)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out-dir", default=None)
+    args = ap.parse_args()
+
+    times = jnp.linspace(0.0, args.t_max, args.n_times)
+    t = np.asarray(times)
+    key = jax.random.key(args.seed)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    data, summary = {"times": t}, {"parameters": vars(args), "per_n": {}}
+    colors = plt.cm.viridis(np.linspace(0, 0.85, len(args.n_levels)))
+    for color, n in zip(colors, args.n_levels):
+        model = qep_jax.SpinGORM(n_levels=n, delta=args.delta, coupling_strength=args.coupling, beta=args.beta)
+        start = time.perf_counter()
+        traj = model.simulate(jax.random.fold_in(key, n), times, args.realizations, reservoir_entropies=False)
+        sz = np.asarray(traj.system_state[:, :, 1, 1].real - traj.system_state[:, :, 0, 0].real)
+        d_is, d_is_open = np.asarray(traj.entropy_production), np.asarray(traj.entropy_production_open)
+        elapsed = time.perf_counter() - start
+        m_sz, se_sz = _common.band(axes[0], t, sz, f"exact N={n}", color=color)
+        m_10, se_10 = _common.band(axes[1], t, d_is, f"exact N={n}", color=color)
+        m_25, se_25 = _common.band(axes[2], t, d_is_open, f"exact N={n}", color=color)
+        shell = qep_jax.shell_prediction(model, times)
+        red = qep_jax.redfield_prediction(model, times)
+        late = t >= 0.75 * args.t_max
+        heisenberg = 2 * np.pi * (n - 1)
+        summary["per_n"][str(n)] = {
+            "seconds": elapsed,
+            "level_width_over_spacing": float(2 * np.pi * args.coupling**2 / 8 * (n - 1)),
+            "heisenberg_time": heisenberg,
+            "sigma_z_first_time_off_redfield_3se_plus_tol": first_disagreement(
+                t, m_sz, se_sz, np.asarray(red.sigma_z), floor=args.tolerance),
+            "sigma_z_first_time_off_shell_3se_plus_tol": first_disagreement(
+                t, m_sz, se_sz, np.asarray(shell.sigma_z), floor=args.tolerance),
+            "max_abs_sigma_z_minus_redfield_t_le_1_over_gamma": float(np.max(np.abs(
+                m_sz - np.asarray(red.sigma_z))[t <= 1 / float(qep_jax.redfield_rates(
+                    args.delta, args.coupling, args.beta).relaxation)])),
+            "late_sigma_z_exact": float(m_sz[late].mean()), "late_sigma_z_se": float(se_sz[late].mean()),
+            "late_sigma_z_shell": float(np.asarray(shell.sigma_z)[late].mean()),
+            "late_sigma_z_redfield": float(np.asarray(red.sigma_z)[late].mean()),
+            "late_eq10_exact": float(m_10[late].mean()), "late_eq25_exact": float(m_25[late].mean()),
+            "late_eq25_shell": float(np.asarray(shell.entropy_production_open)[late].mean()),
+            "late_eq25_redfield": float(np.asarray(red.entropy_production_open)[late].mean()),
+        }
+        data.update({f"sigma_z_mean_N{n}": m_sz, f"sigma_z_se_N{n}": se_sz, f"eq10_mean_N{n}": m_10,
+                     f"eq10_se_N{n}": se_10, f"eq25_mean_N{n}": m_25, f"eq25_se_N{n}": se_25})
+    # The predictions depend on N only through P_pair (shell); draw them for the largest N.
+    model = qep_jax.SpinGORM(n_levels=args.n_levels[-1], delta=args.delta, coupling_strength=args.coupling,
+                             beta=args.beta)
+    shell, red = qep_jax.shell_prediction(model, times), qep_jax.redfield_prediction(model, times)
+    for ax, field in zip(axes, ("sigma_z", "entropy_production", "entropy_production_open")):
+        ax.plot(t, getattr(red, field), "k--", label="Redfield")
+        ax.plot(t, getattr(shell, field), "r:", lw=2, label=f"shell (N={args.n_levels[-1]})")
+        ax.set_xlabel(r"time $t$ ($\hbar/$energy)")
+    data.update({"redfield_sigma_z": red.sigma_z, "shell_sigma_z": shell.sigma_z,
+                 "redfield_eq25": red.entropy_production_open, "shell_eq25": shell.entropy_production_open})
+    axes[0].set_ylabel(r"$\langle\sigma_z\rangle_t$")
+    axes[1].set_ylabel(r"$\Delta_i S$ eq. 10 (nats)")
+    axes[2].set_ylabel(r"$\Delta_i S'$ eq. 25 (nats)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(rf"ensemble mean $\pm$ SE over {args.realizations} realizations: "
+                 rf"$\Delta$={args.delta}, $\beta$={args.beta}, $\lambda$={args.coupling}")
+    _common.save("large_reservoir_limit", fig, data, summary, args.out_dir)
+
+
+if __name__ == "__main__":
+    main()
