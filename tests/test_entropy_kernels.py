@@ -1,0 +1,190 @@
+"""Entropy kernels and partial trace against NumPy/SciPy and (optionally) QuTiP; finite gradients."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+import qep_jax
+
+from ._reference import entropy, random_density_matrix, random_hermitian, reduced, relative_entropy
+
+
+@pytest.mark.parametrize("pure", [False, True])
+@pytest.mark.parametrize("real", [False, True])
+def test_von_neumann_entropy_matches_numpy(pure, real):
+    rng = np.random.default_rng(1)
+    rho = random_density_matrix(rng, 5, pure=pure, real=real)
+    assert abs(float(qep_jax.von_neumann_entropy(rho)) - entropy(rho)) < 1e-12
+
+
+def test_entropy_batched_and_known_values():
+    rhos = np.stack([np.eye(4) / 4, np.diag([1.0, 0, 0, 0]), np.diag([0.5, 0.5, 0, 0])])
+    np.testing.assert_allclose(qep_jax.von_neumann_entropy(rhos), [np.log(4), 0.0, np.log(2)], atol=1e-14)
+
+
+def test_entropy_tiny_negative_eigenvalues_are_clipped():
+    rho = np.diag([1.0 + 2e-17, -2e-17, 0.0])
+    value, grad = jax.value_and_grad(qep_jax.von_neumann_entropy)(jnp.asarray(rho))
+    assert np.isfinite(value) and abs(value) < 1e-15
+    assert np.all(np.isfinite(grad))
+
+
+def test_relative_entropy_matches_scipy_logm():
+    rng = np.random.default_rng(2)
+    a = random_density_matrix(rng, 4)
+    b = random_density_matrix(rng, 4)
+    expected = np.real(np.trace(a @ (scipy.linalg.logm(a) - scipy.linalg.logm(b))))
+    assert abs(float(qep_jax.relative_entropy(a, b)) - expected) < 1e-11
+    assert abs(float(qep_jax.relative_entropy(a, a))) < 1e-12
+
+
+def test_relative_entropy_pure_first_argument_and_infinite_case():
+    rng = np.random.default_rng(3)
+    a = random_density_matrix(rng, 3, pure=True)
+    b = random_density_matrix(rng, 3)
+    assert abs(float(qep_jax.relative_entropy(a, b)) - relative_entropy(a, b)) < 1e-11
+    # Support of rho outside the support of sigma: D = +inf, never NaN.
+    assert float(qep_jax.relative_entropy(np.diag([0.5, 0.5]), np.diag([1.0, 0.0]))) == np.inf
+    # Zero weight outside the support: finite.
+    assert abs(float(qep_jax.relative_entropy(np.diag([1.0, 0.0]), np.diag([0.5, 0.5]))) - np.log(2)) < 1e-14
+
+
+def test_logm_hermitian_matches_scipy():
+    rng = np.random.default_rng(4)
+    a = random_density_matrix(rng, 5) + 0.1 * np.eye(5)
+    np.testing.assert_allclose(qep_jax.logm_hermitian(a), scipy.linalg.logm(a), atol=1e-12)
+
+
+def _central_difference(f, x, direction, h=1e-4):
+    """Richardson-extrapolated central difference: truncation error O(h^4), rounding ~eps/h."""
+
+    def d(step):
+        return (f(x + step * direction) - f(x - step * direction)) / (2 * step)
+
+    return (4 * d(h / 2) - d(h)) / 3
+
+
+def _hermitian_direction(rng, n, traceless=True):
+    d = random_hermitian(rng, n)
+    if traceless:
+        d = d - np.trace(d) / n * np.eye(n)
+    return d
+
+
+@pytest.mark.parametrize("kind", ["generic", "degenerate"])
+def test_entropy_gradient_matches_finite_differences(kind):
+    rng = np.random.default_rng(5)
+    if kind == "generic":
+        rho = random_density_matrix(rng, 4)
+    else:  # exactly degenerate spectrum (0.3, 0.3, 0.2, 0.2) in a random basis
+        u = np.linalg.qr(rng.normal(size=(4, 4)) + 1j * rng.normal(size=(4, 4)))[0]
+        rho = u @ np.diag([0.3, 0.3, 0.2, 0.2]) @ u.conj().T
+    direction = _hermitian_direction(rng, 4)
+    _, tangent = jax.jvp(qep_jax.von_neumann_entropy, (jnp.asarray(rho),), (jnp.asarray(direction),))
+    fd = _central_difference(lambda x: float(qep_jax.von_neumann_entropy(x)), rho, direction)
+    assert np.isfinite(tangent)
+    assert abs(float(tangent) - fd) < 1e-7
+    grad = jax.grad(lambda x: qep_jax.von_neumann_entropy(x).real)(jnp.asarray(rho))
+    assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("kind", ["generic", "degenerate", "close"])
+def test_relative_entropy_gradient_matches_finite_differences(kind):
+    rng = np.random.default_rng(6)
+    a = random_density_matrix(rng, 3)
+    if kind == "generic":
+        b = random_density_matrix(rng, 3)
+    elif kind == "degenerate":
+        b = np.eye(3, dtype=complex) / 3
+    else:  # eigenvalues 1e-9 apart: divided differences must not cancel catastrophically
+        u = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+        b = (u @ np.diag([0.4, 0.4 + 1e-9, 0.2 - 1e-9]) @ u.T).astype(complex)
+    da = _hermitian_direction(rng, 3)
+    db = _hermitian_direction(rng, 3)
+
+    def f(x):
+        return qep_jax.relative_entropy(x[0], x[1])
+
+    _, tangent = jax.jvp(f, ((jnp.asarray(a), jnp.asarray(b)),), ((jnp.asarray(da), jnp.asarray(db)),))
+    fd = _central_difference(lambda s: float(f((a + s * da, b + s * db))), 0.0, 1.0)
+    assert abs(float(tangent) - fd) < 1e-7
+
+
+def test_logm_derivative_matches_finite_differences():
+    rng = np.random.default_rng(7)
+    a = random_density_matrix(rng, 4) + 0.05 * np.eye(4)
+    d = random_hermitian(rng, 4)
+    _, tangent = jax.jvp(qep_jax.logm_hermitian, (jnp.asarray(a),), (jnp.asarray(d),))
+    fd = (scipy.linalg.logm(a + 1e-6 * d) - scipy.linalg.logm(a - 1e-6 * d)) / 2e-6
+    np.testing.assert_allclose(tangent, fd, atol=1e-7)
+
+
+def test_entropy_gradient_finite_at_pure_state():
+    rho = jnp.asarray(np.diag([1.0, 0.0, 0.0]))
+    grad = jax.grad(qep_jax.von_neumann_entropy)(rho)
+    # Convention: empty levels contribute no derivative; the occupied one gives -(ln 1 + 1).
+    np.testing.assert_allclose(grad, np.diag([-1.0, 0.0, 0.0]), atol=1e-14)
+
+
+@pytest.mark.parametrize("keep", [(0,), (1,), (2,), (0, 2), (1, 2), (0, 1, 2)])
+def test_partial_trace_matches_reference(keep):
+    rng = np.random.default_rng(8)
+    dims = (2, 3, 2)
+    rho = random_density_matrix(rng, 12)
+    np.testing.assert_allclose(qep_jax.partial_trace(rho, dims, keep), reduced(rho, dims, keep), atol=1e-14)
+
+
+def test_partial_trace_batched_and_errors():
+    rng = np.random.default_rng(9)
+    rhos = np.stack([random_density_matrix(rng, 6) for _ in range(3)])
+    out = qep_jax.partial_trace(rhos, (2, 3), 1)
+    np.testing.assert_allclose(out[2], reduced(rhos[2], (2, 3), (1,)), atol=1e-14)
+    with pytest.raises(ValueError, match="keep"):
+        qep_jax.partial_trace(rhos, (2, 3), 2)
+    with pytest.raises(ValueError, match="shape"):
+        qep_jax.partial_trace(rhos, (2, 2), 0)
+
+
+class TestAgainstQuTiP:
+    qutip = pytest.importorskip("qutip")
+
+    def _qobj(self, rho, dims):
+        return self.qutip.Qobj(rho, dims=[list(dims), list(dims)])
+
+    def test_ptrace(self):
+        rng = np.random.default_rng(10)
+        dims = (2, 3, 2)
+        rho = random_density_matrix(rng, 12)
+        for keep in [(0,), (1,), (0, 2)]:
+            expected = self._qobj(rho, dims).ptrace(list(keep)).full()
+            np.testing.assert_allclose(qep_jax.partial_trace(rho, dims, keep), expected, atol=1e-14)
+
+    def test_entropy_vn_and_relative(self):
+        rng = np.random.default_rng(11)
+        a = random_density_matrix(rng, 4)
+        b = random_density_matrix(rng, 4)
+        q = self.qutip
+        assert abs(float(qep_jax.von_neumann_entropy(a)) - q.entropy_vn(q.Qobj(a))) < 1e-12
+        assert abs(float(qep_jax.relative_entropy(a, b)) - q.entropy_relative(q.Qobj(a), q.Qobj(b))) < 1e-10
+
+    def test_entropy_mutual_matches_trajectory(self):
+        q = self.qutip
+        rng = np.random.default_rng(12)
+        h_s = random_hermitian(rng, 2, real=True)
+        h_r = np.diag(np.linspace(-0.5, 0.5, 4))
+        coupling = random_hermitian(rng, 8, scale=0.5)
+        rho_s0 = random_density_matrix(rng, 2)
+        system = qep_jax.OpenSystem(h_s, h_r, 2.0, coupling, rho_s0)
+        t = 1.7
+        traj = qep_jax.evolve(system, np.array([t]))
+        h = np.kron(h_s, np.eye(4)) + np.kron(np.eye(2), h_r) + coupling
+        rho_r = scipy.linalg.expm(-2.0 * h_r)
+        rho0 = np.kron(rho_s0, rho_r / np.trace(rho_r))
+        u = scipy.linalg.expm(-1j * h * t)
+        rho = q.Qobj(u @ rho0 @ u.conj().T, dims=[[2, 4], [2, 4]])
+        assert abs(float(traj.mutual_information[0]) - q.entropy_mutual(rho, 0, 1)) < 1e-10
+        assert abs(float(traj.reservoir_entropy[0, 0]) - q.entropy_vn(rho.ptrace(1))) < 1e-10

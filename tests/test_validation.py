@@ -1,0 +1,91 @@
+"""Each kind of bad input raises InputError naming the argument."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import qep_jax
+
+H_S = np.diag([-0.5, 0.5])
+H_R = np.diag([-0.5, 0.0, 0.5])
+V = 0.1 * np.kron(np.array([[0.0, 1.0], [1.0, 0.0]]), np.ones((3, 3)))
+RHO = np.diag([1.0, 0.0])
+
+
+def make(**overrides):
+    args = dict(h_system=H_S, h_reservoirs=H_R, betas=2.0, coupling=V, rho_system=RHO)
+    args.update(overrides)
+    return qep_jax.OpenSystem(**args)
+
+
+def test_valid_problem_builds():
+    system = make()
+    assert system.dims == (2, 3) and system.total_dim == 6 and system.n_reservoirs == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        (dict(h_system=np.array([[0.0, 1.0], [0.0, 0.0]])), "h_system is not Hermitian"),
+        (dict(h_system=np.ones((2, 3))), "h_system must be a square"),
+        (dict(h_system=np.array([[np.nan, 0], [0, 1.0]])), "h_system contains NaN"),
+        (dict(h_reservoirs=np.triu(np.ones((3, 3)))), r"h_reservoirs\[0\] is not Hermitian"),
+        (dict(betas=np.inf), "betas contains NaN or infinite"),
+        (dict(betas=[1.0, 2.0]), "betas has shape"),
+        (dict(coupling=np.zeros((4, 4))), r"coupling has shape \(4, 4\), expected \(6, 6\)"),
+        (dict(coupling=np.triu(np.ones((6, 6)))), "coupling is not Hermitian"),
+        (dict(rho_system=np.diag([0.5, 0.6])), "rho_system has trace"),
+        (dict(rho_system=np.diag([1.5, -0.5])), "rho_system has a negative eigenvalue"),
+        (dict(rho_system=np.eye(3) / 3), r"rho_system has shape \(3, 3\), expected \(2, 2\)"),
+        (dict(h_reservoirs=[]), "h_reservoirs is empty"),
+        (dict(chemical_potentials=0.3), "chemical_potentials needs number_operators"),
+        (dict(number_operators=[np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1.0]])]), "does not commute"),
+    ],
+)
+def test_bad_open_system_input(overrides, pattern):
+    with pytest.raises(qep_jax.InputError, match=pattern):
+        make(**overrides)
+
+
+def test_bad_times():
+    system = make()
+    with pytest.raises(qep_jax.InputError, match="times must be finite"):
+        qep_jax.evolve(system, [0.0, np.nan])
+    with pytest.raises(qep_jax.InputError, match="times must be a non-empty 1-D"):
+        qep_jax.evolve(system, np.zeros((2, 2)))
+    with pytest.raises(qep_jax.InputError, match="time_batch_size"):
+        qep_jax.evolve(system, [0.0, 1.0], time_batch_size=0)
+    with pytest.raises(qep_jax.InputError, match="open_system must be"):
+        qep_jax.evolve("not a system", [0.0])
+
+
+def test_bad_model_input(key):
+    with pytest.raises(qep_jax.InputError, match="n_levels"):
+        qep_jax.SpinGORM(1, 0.1, 0.1, 10.0)
+    with pytest.raises(qep_jax.InputError, match="delta contains NaN"):
+        qep_jax.SpinGORM(4, np.nan, 0.1, 10.0)
+    with pytest.raises(qep_jax.InputError, match="beta=.* must be a real scalar"):
+        qep_jax.SpinGORM(4, 0.1, 0.1, [1.0, 2.0])
+    model = qep_jax.SpinGORM(4, 0.1, 0.1, 10.0)
+    with pytest.raises(qep_jax.InputError, match=r"x has shape \(3, 3\), expected \(4, 4\)"):
+        model.open_system(np.eye(3))
+    with pytest.raises(qep_jax.InputError, match="x is not Hermitian"):
+        model.open_system(np.triu(np.ones((4, 4))))
+    with pytest.raises(qep_jax.InputError, match="n_realizations"):
+        model.simulate(key, [0.0, 1.0], 0)
+    with pytest.raises(qep_jax.InputError, match="batch_size"):
+        model.simulate(key, [0.0, 1.0], 2, batch_size=-1)
+
+
+def test_memory_refusal(key):
+    model = qep_jax.SpinGORM(2000, 0.1, 0.1, 10.0)
+    with pytest.raises(qep_jax.InputError, match="one realization needs about .* GiB.*raise memory_budget"):
+        model.simulate(key, jnp.linspace(0, 1, 4), 2, memory_budget=2**20)
+
+
+def test_immutable():
+    system = make()
+    with pytest.raises(AttributeError):
+        system.betas = 3.0
