@@ -1,0 +1,294 @@
+"""The implementations being timed: qep_jax and its three peers, on the same spin-GORM problem.
+
+Each ``route_<name>(n, x, times)`` returns ``(fn, extract)``: ``fn()`` runs the whole computation
+once (what is timed) and ``extract(out)`` turns its output into NumPy time series keyed like
+:class:`qep_jax.Trajectory` fields, for the agreement check against qep_jax.
+
+Quantities. Cheap set: ``rho_s(t)``, ``S(t)``, heat ``Q(t)``, ``D_iS(t)``. Full set adds the
+reservoir entropy ``S_r(t)``, the mutual information ``I(s:r)(t)`` and ``D[rho_r(t)||rho_r^eq]``.
+Every peer forms the ``2N x 2N`` state ``rho(t)`` at each time point (that is the point of the
+comparison); the peers get ``D_iS`` from the balance ``dS - beta Q`` (eq. 7), which equals eq. 10.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from _common import BETA, dense_problem
+
+CHEAP_KEYS = ("entropy_production", "system_entropy", "heat")
+FULL_KEYS = CHEAP_KEYS + ("reservoir_entropy", "mutual_information", "reservoir_relative_entropy")
+
+
+def _np_entropy(p):
+    p = np.clip(np.asarray(p), 0.0, None)
+    return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+
+
+def _trajectory_series(traj, keys) -> dict:
+    out = {}
+    for k in keys:
+        v = np.asarray(getattr(traj, k))
+        out[k] = v[..., 0] if k in ("heat", "reservoir_entropy", "reservoir_relative_entropy") else v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# qep_jax
+
+
+def route_ours_diag(n, x, times):
+    """``qep_jax.diagonalize`` (jitted) of the ``2N x 2N`` Hamiltonian alone."""
+    import jax
+
+    import qep_jax
+    from _common import problem
+
+    model, _, _ = problem(n, 2)
+    h = model.open_system(x).hamiltonian()
+    diag = jax.jit(qep_jax.diagonalize)
+    return (lambda: diag(h)), (lambda out: {"energies": np.asarray(out.energies)})
+
+
+def _route_ours(n, x, times, full):
+    import jax.numpy as jnp
+
+    import qep_jax
+    from _common import problem
+
+    model, _, _ = problem(n, 2)
+    system = model.open_system(jnp.asarray(x))
+    t = jnp.asarray(times)
+    keys = FULL_KEYS if full else CHEAP_KEYS
+    return (lambda: qep_jax.evolve(system, t, reservoir_entropies=full)), (
+        lambda out: _trajectory_series(out, keys)
+    )
+
+
+def route_ours_cheap(n, x, times):
+    """``qep_jax.evolve(..., reservoir_entropies=False)``."""
+    return _route_ours(n, x, times, False)
+
+
+def route_ours_full(n, x, times):
+    """``qep_jax.evolve(..., reservoir_entropies=True)``."""
+    return _route_ours(n, x, times, True)
+
+
+def _grad_objective(n, x, times, full):
+    import jax.numpy as jnp
+
+    import qep_jax
+    from _common import BETA as beta, DELTA
+
+    t = jnp.asarray(times)
+    xj = jnp.asarray(x)
+
+    def objective(coupling):
+        model = qep_jax.SpinGORM(n_levels=n, delta=DELTA, coupling_strength=coupling, beta=beta)
+        traj = qep_jax.evolve(model.open_system(xj), t, reservoir_entropies=full)
+        return traj.mutual_information[-1] if full else traj.entropy_production[-1]
+
+    return objective
+
+
+def _route_grad(n, x, times, full):
+    """``jax.jit(jax.grad(...))`` of ``D_iS(t_final)`` (cheap) or ``I(s:r)(t_final)`` (full) wrt lambda.
+
+    Plain autodiff through the public API; ``extract`` also returns a central finite difference
+    (step 1e-6, float64) so the check validates the gradient, not only the forward values.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from _common import COUPLING
+
+    objective = _grad_objective(n, x, times, full)
+    grad = jax.jit(jax.grad(objective))
+    lam = jnp.asarray(COUPLING)
+
+    def extract(out):
+        h = 1e-6
+        f = jax.jit(objective)
+        fd = (float(f(lam + h)) - float(f(lam - h))) / (2 * h)
+        return {"gradient": np.asarray(out), "finite_difference": np.asarray(fd)}
+
+    return (lambda: grad(lam)), extract
+
+
+def route_ours_grad_cheap(n, x, times):
+    return _route_grad(n, x, times, False)
+
+
+def route_ours_grad_full(n, x, times):
+    return _route_grad(n, x, times, True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Peer 1: the dense QuTiP route.
+
+
+def _route_qutip(n, x, times, full):
+    import qutip
+
+    h, h_r, rho0_np, rho_r_eq_np = dense_problem(n, x)
+    dims = [[2, n], [2, n]]
+    hamiltonian = qutip.Qobj(h, dims=dims)
+    rho0 = qutip.Qobj(rho0_np, dims=dims)
+    h_res = qutip.tensor(qutip.qeye(2), qutip.Qobj(np.diag(h_r)))
+    rho_r_eq = qutip.Qobj(rho_r_eq_np)
+    heat0 = qutip.expect(h_res, rho0)
+    s0 = qutip.entropy_vn(rho0.ptrace(0))
+
+    def run():
+        # Eigendecomposition once; then every time point builds U(t), rho(t) and its reductions.
+        energies, kets = hamiltonian.eigenstates()
+        w = np.hstack([k.full() for k in kets])
+        series = {k: [] for k in (FULL_KEYS if full else CHEAP_KEYS)}
+        for t in times:
+            u = qutip.Qobj((w * np.exp(-1j * energies * t)) @ w.conj().T, dims=dims)
+            rho = u * rho0 * u.dag()
+            rho_s = rho.ptrace(0)
+            s = qutip.entropy_vn(rho_s)
+            heat = heat0 - qutip.expect(h_res, rho)
+            series["system_entropy"].append(s)
+            series["heat"].append(heat)
+            series["entropy_production"].append(s - s0 - BETA * heat)
+            if full:
+                rho_r = rho.ptrace(1)
+                series["reservoir_entropy"].append(qutip.entropy_vn(rho_r))
+                series["mutual_information"].append(qutip.entropy_mutual(rho, 0, 1))
+                series["reservoir_relative_entropy"].append(qutip.entropy_relative(rho_r, rho_r_eq))
+        return series
+
+    return run, (lambda out: {k: np.asarray(v) for k, v in out.items()})
+
+
+def route_qutip_cheap(n, x, times):
+    return _route_qutip(n, x, times, False)
+
+
+def route_qutip_full(n, x, times):
+    return _route_qutip(n, x, times, True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Peer 2: dynamiqs (propagators for all time points at once, then its ptrace / entropy_vn).
+
+
+def _route_dynamiqs(n, x, times, full):
+    import jax
+    import jax.numpy as jnp
+
+    import dynamiqs as dq
+
+    dq.set_precision("double")
+    dq.set_device("cpu")
+    h, h_r, rho0_np, rho_r_eq_np = dense_problem(n, x)
+    hamiltonian = dq.asqarray(h, dims=(2, n))
+    rho0 = dq.asqarray(rho0_np, dims=(2, n))
+    h_res = dq.asqarray(np.kron(np.eye(2), np.diag(h_r)), dims=(2, n))
+    rho_r_eq = dq.asqarray(rho_r_eq_np)
+    heat0 = float(np.sum(np.diag(rho0_np) * np.tile(h_r, 2)))
+    s0 = 0.0  # rho_s(0) = |0><0| is pure
+    s_tot = float(_np_entropy(np.diag(rho_r_eq_np)))  # S(rho(t)) is conserved
+
+    @jax.jit
+    def run(tsave):
+        # Constant H: sepropagator uses its Expm method, U(t) = exp(-iHt) for every saved time.
+        u = dq.sepropagator(hamiltonian, tsave).propagators  # (T, D, D)
+        rho = u @ rho0 @ u.dag()
+        s = dq.entropy_vn(dq.ptrace(rho, 0))
+        heat = heat0 - dq.expect(h_res, rho).real
+        out = {"system_entropy": s, "heat": heat, "entropy_production": s - s0 - BETA * heat}
+        if full:
+            rho_r = dq.ptrace(rho, 1)
+            s_r = dq.entropy_vn(rho_r)
+            out["reservoir_entropy"] = s_r
+            out["mutual_information"] = s + s_r - s_tot
+            out["reservoir_relative_entropy"] = dq.entropy_relative(rho_r, rho_r_eq)
+        return out
+
+    tsave = jnp.asarray(times)
+    return (lambda: run(tsave)), (lambda out: {k: np.asarray(v) for k, v in out.items()})
+
+
+def route_dynamiqs_cheap(n, x, times):
+    return _route_dynamiqs(n, x, times, False)
+
+
+def route_dynamiqs_full(n, x, times):
+    return _route_dynamiqs(n, x, times, True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Peer 3: naive dense JAX (eigh once, vmap over time of dense rho(t), partial trace, eigvalsh).
+
+
+def _jnp_entropy(p):
+    import jax.numpy as jnp
+
+    p = jnp.clip(p, 0.0, None)
+    safe = jnp.where(p > 0, p, 1.0)
+    return -jnp.sum(jnp.where(p > 0, p * jnp.log(safe), 0.0), axis=-1)
+
+
+def _route_naive(n, x, times, full):
+    import jax
+    import jax.numpy as jnp
+
+    h, h_r, rho0_np, rho_r_eq_np = dense_problem(n, x)
+    p_eq = np.diag(rho_r_eq_np)
+    log_p_eq = jnp.asarray(np.log(p_eq))
+    heat0 = float(np.sum(p_eq * h_r))
+    s_tot = float(_np_entropy(p_eq))
+    h_r_j = jnp.asarray(h_r)
+
+    @jax.jit
+    def run(h, rho0, times):
+        energies, w = jnp.linalg.eigh(h)
+
+        def at(t):
+            u = (w * jnp.exp(-1j * energies * t)) @ w.conj().T
+            rho = (u @ rho0 @ u.conj().T).reshape(2, n, 2, n)
+            rho_s = jnp.einsum("iaja->ij", rho)
+            rho_r = jnp.einsum("iaib->ab", rho)
+            s = _jnp_entropy(jnp.linalg.eigvalsh(rho_s))
+            heat = heat0 - jnp.real(jnp.sum(h_r_j * jnp.diagonal(rho_r)))
+            out = {"system_entropy": s, "heat": heat, "entropy_production": s - BETA * heat}
+            if full:
+                s_r = _jnp_entropy(jnp.linalg.eigvalsh(rho_r))
+                out["reservoir_entropy"] = s_r
+                out["mutual_information"] = s + s_r - s_tot
+                # ln rho_r^eq is diagonal: D = -S_r - sum_a rho_r,aa ln p_a.
+                out["reservoir_relative_entropy"] = -s_r - jnp.real(jnp.sum(jnp.diagonal(rho_r) * log_p_eq))
+            return out
+
+        return jax.vmap(at)(times)
+
+    args = (jnp.asarray(h), jnp.asarray(rho0_np, dtype=complex), jnp.asarray(times))
+    return (lambda: run(*args)), (lambda out: {k: np.asarray(v) for k, v in out.items()})
+
+
+def route_naive_cheap(n, x, times):
+    return _route_naive(n, x, times, False)
+
+
+def route_naive_full(n, x, times):
+    return _route_naive(n, x, times, True)
+
+
+ROUTES = {
+    "ours-diag": route_ours_diag,
+    "ours-cheap": route_ours_cheap,
+    "ours-full": route_ours_full,
+    "ours-grad-cheap": route_ours_grad_cheap,
+    "ours-grad-full": route_ours_grad_full,
+    "qutip-cheap": route_qutip_cheap,
+    "qutip-full": route_qutip_full,
+    "dynamiqs-cheap": route_dynamiqs_cheap,
+    "dynamiqs-full": route_dynamiqs_full,
+    "naive-cheap": route_naive_cheap,
+    "naive-full": route_naive_full,
+}
+PEER_OF_ROUTE = {name: name.split("-")[0] for name in ROUTES}

@@ -1,0 +1,113 @@
+"""Run benchmark configurations in order and print one JSON line per configuration.
+
+    python benchmarks/_worker.py '[{"route": "qutip-cheap", "n": 32, "t": 100}, {"route": "qutip-cheap", "n": 64, "t": 100}]'
+
+The runner starts one fresh process per route and gives it that route's configurations in
+increasing size, so the peak RSS read after each one is that configuration's own peak (memory
+grows with the size; ``ru_maxrss`` is the running maximum of the process).
+
+Config keys: ``route`` (a name in ``_routes.ROUTES`` or ``ours-simulate``), ``n``, ``t``, optional
+``realizations`` (``ours-simulate``), ``repeats`` (default: as many as fit ``budget_s``, at most
+7), ``budget_s`` (default 2), ``seed``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402  (sets the thread environment before numpy/jax load)
+
+
+def _reference(n, x, times, full):
+    import jax.numpy as jnp
+
+    import qep_jax
+    from _routes import CHEAP_KEYS, FULL_KEYS, _trajectory_series
+
+    model, _, _ = _common.problem(n, 2)
+    traj = qep_jax.evolve(model.open_system(jnp.asarray(x)), jnp.asarray(times), reservoir_entropies=full)
+    return _trajectory_series(traj, FULL_KEYS if full else CHEAP_KEYS)
+
+
+def _route_simulate(n, times, realizations, seed):
+    """``SpinGORM.simulate`` of ``realizations`` realizations (cheap set); check: realization 0."""
+    import jax
+    import jax.numpy as jnp
+
+    model, _, _ = _common.problem(n, 2, seed)
+    key = jax.random.key(seed)
+    t = jnp.asarray(times)
+
+    def extract(out):
+        return {"entropy_production": np.asarray(out.entropy_production[0]),
+                "system_entropy": np.asarray(out.system_entropy[0])}
+
+    return (lambda: model.simulate(key, t, realizations, reservoir_entropies=False)), extract
+
+
+def _check(route, n, x, times, values) -> tuple[float | None, bool | None, str]:
+    """Largest deviation from an independent value and whether it is within tolerance."""
+    if route == "ours-diag":
+        from _common import dense_problem
+
+        ref = np.linalg.eigvalsh(dense_problem(n, x)[0])
+        err = float(np.max(np.abs(values["energies"] - ref)))
+        return err, err < _common.CHECK_TOL, "energies vs numpy.linalg.eigvalsh"
+    if route.startswith("ours-grad"):
+        g, fd = float(values["gradient"]), float(values["finite_difference"])
+        err = abs(g - fd) / max(abs(fd), 1e-12)
+        return err, err < 1e-5, "relative deviation from central finite difference (h = 1e-6)"
+    if route in ("ours-cheap", "ours-full"):
+        return None, None, "reference implementation itself"
+    full = route.endswith("full")
+    ref = _reference(n, x, times, full)
+    err = max(float(np.max(np.abs(values[k] - ref[k]))) for k in ref)
+    worst = max(ref, key=lambda k: float(np.max(np.abs(values[k] - ref[k]))))
+    return err, err < _common.CHECK_TOL, f"max |peer - qep_jax| over {sorted(ref)} (worst: {worst})"
+
+
+def run(config: dict) -> dict:
+    from _routes import ROUTES
+
+    route, n, n_times = config["route"], int(config["n"]), int(config["t"])
+    seed = int(config.get("seed", _common.SEED))
+    _, x, times = _common.problem(n, n_times, seed)
+    if route == "ours-simulate":
+        fn, extract = _route_simulate(n, times, int(config["realizations"]), seed)
+    else:
+        fn, extract = ROUTES[route](n, x, times)
+    baseline = _common.max_rss_mib()
+    out, timing = _common.time_call(fn, repeats=config.get("repeats"), budget_s=config.get("budget_s", 2.0))
+    peak = _common.max_rss_mib()
+    values = extract(out)
+    if route == "ours-simulate":
+        ref = _reference(n, x, times, False)
+        err = max(float(np.max(np.abs(values[k] - ref[k]))) for k in values)
+        check = (err, err < _common.CHECK_TOL, "realization 0 vs qep_jax.evolve")
+    else:
+        check = _check(route, n, x, times, values)
+    result = dict(config, **timing)
+    result.update(
+        peak_rss_mib=peak,
+        baseline_rss_mib=baseline,
+        check_error=check[0],
+        check_ok=check[1],
+        check_what=check[2],
+    )
+    return result
+
+
+import numpy as np  # noqa: E402
+
+if __name__ == "__main__":
+    configs = json.loads(sys.argv[1])
+    for config in configs if isinstance(configs, list) else [configs]:
+        try:
+            result = run(config)
+        except Exception as exc:  # report and go on with the next (larger) configuration
+            result = dict(config, error=f"{type(exc).__name__}: {exc}"[:300])
+        print(json.dumps(result, default=float), flush=True)

@@ -1,0 +1,64 @@
+"""Scaling in the number of realizations and in the number of time points (qep_jax only).
+
+    python benchmarks/scaling_batch.py           # quick set
+    python benchmarks/scaling_batch.py --tiny --in-process --out /tmp/b   # smoke run
+
+Realizations: ``SpinGORM.simulate(key, times, R, reservoir_entropies=False)`` at N = 64, T = 100,
+R = 1 ... 64 (time per realization should fall towards a constant as batching amortises the
+dispatch). Time points: ``qep_jax.evolve`` at N = 128 for T = 10 ... 3000, cheap and full set
+(cheap: O(N^3 + T N^2), so the time stays flat until T N^2 ~ N^3; full: O(T N^3)).
+
+Writes ``scaling_realizations.{json,csv}`` and ``scaling_times.{json,csv}`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="N = 8, small counts, one repeat (smoke test)")
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds of repeats per configuration")
+    parser.add_argument("--in-process", action="store_true", help="no subprocesses (no memory numbers)")
+    parser.add_argument("--out", type=Path, default=_common.RESULTS)
+    args = parser.parse_args(argv)
+
+    extra = {"repeats": 1} if args.tiny else {}
+    if args.tiny:
+        n_real, realizations, n_time, time_counts, full_counts = 8, [2], 8, [5], []
+    else:
+        n_real, realizations = 64, [1, 2, 4, 8, 16, 32, 64]
+        n_time, time_counts, full_counts = 128, [10, 30, 100, 300, 1000, 3000], [10, 30, 100, 300, 1000]
+    real_configs = [dict(route="ours-simulate", n=n_real, t=100 if not args.tiny else 5, realizations=r,
+                         budget_s=args.budget, **extra) for r in realizations]
+    time_configs = [dict(route="ours-cheap", n=n_time, t=t, budget_s=args.budget, **extra) for t in time_counts]
+    time_configs += [dict(route="ours-full", n=n_time, t=t, budget_s=args.budget, **extra) for t in full_counts]
+
+    env = _common.environment()
+    rows_r = _common.run_configs(real_configs, in_process=args.in_process)
+    for row in rows_r:
+        if "error" not in row:
+            row["run_per_realization_s"] = row["run_s"] / row["realizations"]
+    rows_t = _common.run_configs(time_configs, in_process=args.in_process)
+    fits = {}
+    for route in ("ours-cheap", "ours-full"):
+        pts = [(r["t"], r["run_s"]) for r in rows_t if r["route"] == route and "error" not in r]
+        # Slope over the largest T, where the per-time-point work dominates (cheap: -> 1 once T N^2 >> N^3).
+        fits[route] = _common.fit_exponent([p[0] for p in pts], [p[1] for p in pts], 100 if not args.tiny else None)
+    _common.write_json(args.out / "scaling_realizations.json", {"environment": env, "rows": rows_r})
+    _common.write_json(args.out / "scaling_times.json", {"environment": env, "rows": rows_t, "exponents_in_t": fits})
+    _common.write_table(args.out / "scaling_realizations.csv", rows_r)
+    _common.write_table(args.out / "scaling_times.csv", rows_t)
+    print("exponents in T (T >= 100):", fits)
+    return {"realizations": rows_r, "times": rows_t, "exponents_in_t": fits}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Scaling in the reservoir size N, qep_jax against its peers, on one spin-GORM realization.
+
+    python benchmarks/scaling_n.py            # quick set (a few minutes on 2 cores)
+    python benchmarks/scaling_n.py --large    # adds N = 512, 1024 (diagonalization, cheap set) and 512
+    python benchmarks/scaling_n.py --tiny --in-process --out /tmp/b   # smoke run
+
+Routes: ``ours-diag`` (``qep_jax.diagonalize`` alone), ``ours-cheap`` / ``ours-full``
+(``qep_jax.evolve`` with ``reservoir_entropies`` False / True), ``ours-grad-cheap`` /
+``ours-grad-full`` (``jax.jit(jax.grad(...))`` of ``D_iS(t_final)`` / ``I(s:r)(t_final)`` wrt
+lambda), and the peers ``qutip-*``, ``dynamiqs-*``, ``naive-*`` (see ``_routes.py``). A peer's
+time enters the ratio table only if its numbers agree with qep_jax to ``CHECK_TOL``.
+
+Writes ``scaling_n.json`` / ``scaling_n.csv`` (one row per route and N) and
+``ratios.csv`` (peer run time / qep_jax run time per N) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+
+OURS = ("ours-diag", "ours-cheap", "ours-full", "ours-grad-cheap", "ours-grad-full")
+PEERS = ("qutip", "dynamiqs", "naive")
+TARGET_N, TARGET_T = 200, 100
+# Exponents are fitted over N >= FIT_MIN_N, where the O(N^3) / O(T N^2) terms dominate overheads.
+FIT_MIN_N = 64
+
+
+def sizes(args) -> dict[str, list[int]]:
+    if args.tiny:
+        return {r: [8] for r in OURS} | {f"{p}-{s}": [8] for p in PEERS for s in ("cheap", "full")}
+    quick = [16, 32, 64, 128, 200, 256]
+    out = {"ours-diag": quick + [512], "ours-cheap": quick + [512], "ours-full": list(quick),
+           "ours-grad-cheap": list(quick), "ours-grad-full": [16, 32, 64, 128, 200]}
+    peers = [16, 32, 64, 128, 200]
+    if args.large:
+        out["ours-diag"] += [1024]
+        out["ours-cheap"] += [1024]
+        out["ours-full"] += [512]
+        out["ours-grad-cheap"] += [512]
+        out["ours-grad-full"] += [256]
+        peers += [256]
+    for p in PEERS:
+        for s in ("cheap", "full"):
+            out[f"{p}-{s}"] = list(peers)
+    return out
+
+
+def ratio_rows(rows: list[dict]) -> list[dict]:
+    """``peer run_s / ours run_s`` per N and set, only where the peer passed its check."""
+    ok = {(r["route"], r["n"]): r for r in rows if "error" not in r}
+    out = []
+    for (route, n), r in sorted(ok.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        peer, _, which = route.partition("-")
+        if peer not in PEERS or (f"ours-{which}", n) not in ok:
+            continue
+        ours = ok[(f"ours-{which}", n)]
+        out.append({
+            "n": n, "t": r["t"], "set": which, "peer": peer,
+            "peer_run_s": r["run_s"], "ours_run_s": ours["run_s"],
+            "ratio": r["run_s"] / ours["run_s"] if r["check_ok"] else None,
+            "ratio_cpu": r["run_cpu_s"] / ours["run_cpu_s"] if r["check_ok"] else None,
+            "check_error": r["check_error"], "check_ok": r["check_ok"],
+        })
+    return out
+
+
+def exponents(rows: list[dict], n_min: int = FIT_MIN_N) -> dict:
+    fits = {}
+    for route in sorted({r["route"] for r in rows}):
+        pts = sorted((r["n"], r["run_s"]) for r in rows if r["route"] == route and "error" not in r)
+        fits[route] = _common.fit_exponent([p[0] for p in pts], [p[1] for p in pts], n_min)
+    return fits
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--t", type=int, default=TARGET_T, help="time points (default 100)")
+    parser.add_argument("--large", action="store_true", help="also the large N (minutes more)")
+    parser.add_argument("--tiny", action="store_true", help="N = 8, T = 5, one repeat (smoke test)")
+    parser.add_argument("--routes", nargs="*", help="subset of routes to run")
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds of repeats per configuration")
+    parser.add_argument("--in-process", action="store_true", help="no subprocesses (no memory numbers)")
+    parser.add_argument("--out", type=Path, default=_common.RESULTS)
+    args = parser.parse_args(argv)
+
+    n_times = 5 if args.tiny else args.t
+    configs = []
+    for route, ns in sizes(args).items():
+        if args.routes and route not in args.routes:
+            continue
+        if not _common.peer_available(route.split("-")[0]):
+            print(f"skipping {route}: {route.split('-')[0]} is not installed")
+            continue
+        for n in ns:
+            config = {"route": route, "n": n, "t": n_times, "budget_s": args.budget}
+            if args.tiny:
+                config["repeats"] = 1
+            configs.append(config)
+    rows = _common.run_configs(configs, in_process=args.in_process)
+    payload = {
+        "environment": _common.environment(),
+        "settings": {"t": n_times, "t_end": _common.T_END, "delta": _common.DELTA,
+                     "coupling": _common.COUPLING, "beta": _common.BETA, "seed": _common.SEED,
+                     "check_tol": _common.CHECK_TOL, "fit_min_n": FIT_MIN_N,
+                     "argv": sys.argv[1:] if argv is None else list(argv)},
+        "rows": rows,
+        "exponents": exponents(rows, 8 if args.tiny else FIT_MIN_N),
+        "ratios": ratio_rows(rows),
+    }
+    _common.write_json(args.out / "scaling_n.json", payload)
+    _common.write_table(args.out / "scaling_n.csv", rows)
+    _common.write_table(args.out / "ratios.csv", payload["ratios"])
+    print("exponents (run time ~ N^k, N >= %d):" % (8 if args.tiny else FIT_MIN_N),
+          {k: None if v is None else round(v, 2) for k, v in payload["exponents"].items()})
+    return payload
+
+
+if __name__ == "__main__":
+    main()
