@@ -9,6 +9,9 @@ from ._driven import DrivenTrajectory as DrivenTrajectory
 from ._driven import LandauerBounds as LandauerBounds
 from ._driven import drive as drive
 from ._driven import landauer_bounds as landauer_bounds
+from ._ensemble import QUANTITIES as QUANTITIES
+from ._ensemble import EnsembleResult as EnsembleResult
+from ._ensemble import run_ensemble as run_ensemble
 from ._entropy import logm_hermitian as logm_hermitian
 from ._entropy import relative_entropy as relative_entropy
 from ._entropy import von_neumann_entropy as von_neumann_entropy
@@ -24,6 +27,9 @@ from ._master_equation import reservoir_spectrum_lines as reservoir_spectrum_lin
 from ._master_equation import reservoir_spectrum_sampled as reservoir_spectrum_sampled
 from ._master_equation import shell_pair_probability as shell_pair_probability
 from ._master_equation import shell_prediction as shell_prediction
+from ._io import load_run as load_run
+from ._io import run_to_file as run_to_file
+from ._io import write_run as write_run
 from ._open_system import InputError as InputError
 from ._open_system import OpenSystem as OpenSystem
 from ._partial_trace import partial_trace as partial_trace
@@ -38,6 +44,12 @@ from .protocols import PiecewiseConstant as PiecewiseConstant
 __version__ = "0.1.0"
 
 __all__ = [
+    "QUANTITIES",
+    "EnsembleResult",
+    "run_ensemble",
+    "load_run",
+    "run_to_file",
+    "write_run",
     "DrivenTrajectory",
     "FourierRamp",
     "LandauerBounds",

@@ -1,0 +1,412 @@
+"""Ensemble runner: spin-GORM realizations streamed in chunks, sharded over devices, summarised.
+
+Realization ``i`` always uses ``goe(fold_in(key(seed), i), N)``, so the numbers depend only on
+the seed and the realization index, never on the chunk size or the number of devices.
+Each chunk is evaluated by one jitted ``shard_map``: the chunk's realization indices are split
+over a 1-D device mesh and every device ``vmap``s the single-realization kernel over its part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ._evolve import (
+    DEFAULT_TIME_BLOCK_BYTES,
+    _evolve_kernel,
+    auto_time_batch_size,
+    check_times,
+    realization_bytes,
+    warn_if_float32,
+)
+from ._open_system import InputError
+from ._random import goe
+from ._statistics import Moments, merge_all
+from ._trajectory import Trajectory
+from .models import SpinGORM
+
+DEFAULT_MEMORY_BUDGET = 2 * 2**30
+# Auto chunking aims at this many chunks at least, so progress and resume are fine-grained.
+TARGET_CHUNKS = 10
+_AXIS = "realization"
+
+
+class Quantity(NamedTuple):
+    """A time series the runner can average: how to get it from one realization, and its meaning."""
+
+    extract: Callable[[Trajectory], jax.Array]  # (T,) or (T, K) for one realization
+    per_reservoir: bool
+    needs_reservoir_entropies: bool
+    units: str
+    long_name: str
+
+
+def _field(name):
+    return lambda traj: getattr(traj, name)
+
+
+def _spin_polarization(traj: Trajectory):
+    # Basis index 0 is the lower level, sigma_z = diag(-1, +1).
+    return jnp.real(traj.system_state[:, 1, 1] - traj.system_state[:, 0, 0])
+
+
+NATS = "nats (k_B = 1)"
+ENERGY = "energy (hbar = k_B = 1)"
+QUANTITIES: dict[str, Quantity] = {
+    "entropy_production": Quantity(_field("entropy_production"), False, False, NATS,
+                                   "D_iS = D[rho(t) || rho_s(t) x rho_r^eq] (eq. 10)"),
+    "entropy_production_open": Quantity(_field("entropy_production_open"), False, False, NATS,
+                                        "D_iS' = D[rho_s(0)||rho_s^eq] - D[rho_s(t)||rho_s^eq] (eq. 25)"),
+    "entropy_production_balance": Quantity(_field("entropy_production_balance"), False, False, NATS,
+                                           "dS - D_eS (eq. 7)"),
+    "entropy_flow": Quantity(_field("entropy_flow"), False, False, NATS, "D_eS = sum_r beta_r Q_r (eq. 8)"),
+    "system_entropy": Quantity(_field("system_entropy"), False, False, NATS, "S = -Tr rho_s ln rho_s"),
+    "system_energy": Quantity(_field("system_energy"), False, False, ENERGY, "<H_s>_t"),
+    "interaction_energy": Quantity(_field("interaction_energy"), False, False, ENERGY, "<V>_t"),
+    "spin_polarization": Quantity(_spin_polarization, False, False, "1",
+                                  "<sigma_z>_t = rho_s[1,1] - rho_s[0,0]"),
+    "heat": Quantity(_field("heat"), True, False, ENERGY, "Q_r = <H_r>_0 - <H_r>_t (eq. 9)"),
+    "reservoir_energy": Quantity(_field("reservoir_energy"), True, False, ENERGY, "<H_r>_t"),
+    "mutual_information": Quantity(_field("mutual_information"), False, True, NATS,
+                                   "I(s:r) = S + S_r - S_tot = -S_c for one reservoir"),
+    "correlation_entropy": Quantity(_field("correlation_entropy"), False, True, NATS,
+                                    "S_c = S_tot - S - sum_r S_r (eq. 12)"),
+    "reservoir_entropy": Quantity(_field("reservoir_entropy"), True, True, NATS,
+                                  "S_r = -Tr rho_r ln rho_r (eq. 13)"),
+    "reservoir_relative_entropy": Quantity(_field("reservoir_relative_entropy"), True, True, NATS,
+                                           "D[rho_r(t) || rho_r^eq] (eq. 17)"),
+}
+DEFAULT_QUANTITIES = (
+    "entropy_production",
+    "entropy_production_open",
+    "entropy_flow",
+    "system_entropy",
+    "spin_polarization",
+    "heat",
+    "mutual_information",
+    "reservoir_relative_entropy",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkResult:
+    """Statistics of realizations ``start <= i < stop`` (one persisted unit of work).
+
+    Fields:
+        start, stop: realization index range.
+        moments: quantity -> :class:`Moments` with ``mean``/``m2`` of shape ``(T,)`` or ``(T, K)``.
+        series: quantity -> ``(stop - start, T[, K])`` per-realization values, or ``None``.
+    """
+
+    start: int
+    stop: int
+    moments: dict
+    series: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleResult:
+    """Ensemble statistics of a spin-GORM run (units hbar = k_B = 1).
+
+    Fields:
+        times: ``(T,)``.
+        parameters: run parameters (n_levels, delta, coupling_strength, beta, n_realizations,
+            seed, precision, quantities, keep_realizations).
+        mean, variance, standard_error: quantity -> ``(T,)`` or ``(T, K)`` (K = 1 reservoir).
+        series: quantity -> ``(R, T[, K])`` per-realization values, or ``None``.
+        info: how it ran (device, device_count, chunk_size, runtime_s, resumed_realizations).
+    """
+
+    times: np.ndarray
+    parameters: dict
+    mean: dict
+    variance: dict
+    standard_error: dict
+    series: dict | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def n_realizations(self) -> int:
+        return int(self.parameters["n_realizations"])
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{name}={value!r} must be an int >= {minimum}.")
+    return int(value)
+
+
+def check_quantities(quantities) -> tuple[str, ...]:
+    """Validate quantity names; returns them as a tuple without duplicates (order kept)."""
+    if isinstance(quantities, str):
+        quantities = [quantities]
+    out = []
+    for q in quantities:
+        if q not in QUANTITIES:
+            raise InputError(f"unknown quantity {q!r}; choose from {', '.join(QUANTITIES)}.")
+        if q not in out:
+            out.append(q)
+    if not out:
+        raise InputError("quantities is empty; request at least one, e.g. entropy_production.")
+    return tuple(out)
+
+
+def precision_name(dtype) -> str:
+    return "float64" if jnp.finfo(dtype).bits == 64 else "float32"
+
+
+class MemoryPlan(NamedTuple):
+    """How a run uses memory: bytes per realization, time batch and realizations per device."""
+
+    realization_bytes: int
+    time_batch_size: int
+    per_device: int  # realizations one device may hold at once within the budget
+
+
+def _realization_bytes(n_levels, n_times, itemsize, entropies, time_batch, n_values):
+    dims = (2, n_levels)
+    # n_observables = 5: the four rho_s entries and <H_r>; system_rank = 1 (pure initial spin).
+    kernel = realization_bytes(dims, n_times, system_rank=1, n_observables=5, itemsize=itemsize,
+                               reservoir_entropies=entropies, time_batch_size=time_batch)
+    return kernel + n_values * n_times * 8  # the returned float64 series
+
+
+def plan_memory(n_levels: int, n_times: int, quantities, itemsize: int, memory_budget: int) -> MemoryPlan:
+    """Memory estimate from the core's ``realization_bytes``; raises ``InputError`` if nothing fits."""
+    entropies = any(QUANTITIES[q].needs_reservoir_entropies for q in quantities)
+    n_values = len(quantities)
+    block = min(DEFAULT_TIME_BLOCK_BYTES, max(1, memory_budget // 4))
+    time_batch = auto_time_batch_size((2, n_levels), n_times, 1, 5, itemsize, entropies, block_bytes=block)
+    per = _realization_bytes(n_levels, n_times, itemsize, entropies, time_batch, n_values)
+    if per > memory_budget:
+        # What would fit: the budget this run needs, or the largest N within this budget.
+        fits = [n for n in range(2, n_levels)
+                if _realization_bytes(n, n_times, itemsize, entropies, 1, n_values) <= memory_budget]
+        alt = f" or n_levels <= {fits[-1]}" if fits else ""
+        raise InputError(
+            f"one realization needs about {_format_bytes(per)} but memory_budget is "
+            f"{_format_bytes(memory_budget)}; use memory_budget >= {_format_bytes(per)}{alt}."
+        )
+    return MemoryPlan(per, time_batch, int(memory_budget // per))
+
+
+def _format_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+@functools.lru_cache(maxsize=32)
+def _chunk_function(mesh: Mesh, n_levels: int, quantities: tuple, entropies: bool, time_batch: int):
+    """Jitted ``(model, key, times, indices (C,)) -> {q: (C, T[, K])}``, ``indices`` sharded on the mesh."""
+
+    def local(model, key, times, indices):
+        def one(i):
+            x = goe(jax.random.fold_in(key, i), n_levels, dtype=model.dtype)
+            traj = _evolve_kernel(model.open_system(x), times, reservoir_entropies=entropies,
+                                  time_batch_size=time_batch, system_rank=1)
+            return {q: QUANTITIES[q].extract(traj) for q in quantities}
+
+        return jax.vmap(one)(indices)
+
+    spec = PartitionSpec(_AXIS)
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), spec),
+                            out_specs=spec)
+    return jax.jit(sharded)
+
+
+def _missing_ranges(n_realizations: int, completed: Sequence[ChunkResult]) -> list[tuple[int, int]]:
+    done = sorted((c.start, c.stop) for c in completed)
+    gaps, cursor = [], 0
+    for start, stop in done:
+        if start < cursor or stop > n_realizations or start >= stop:
+            raise InputError(f"completed chunks overlap or lie outside 0..{n_realizations}: {done}.")
+        if start > cursor:
+            gaps.append((cursor, start))
+        cursor = stop
+    if cursor < n_realizations:
+        gaps.append((cursor, n_realizations))
+    return gaps
+
+
+def _gather(x) -> np.ndarray:
+    if jax.process_count() > 1:  # multi-host: every process receives the whole chunk
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def run_ensemble(
+    model: SpinGORM,
+    times,
+    n_realizations: int,
+    *,
+    seed: int = 0,
+    quantities: Sequence[str] = DEFAULT_QUANTITIES,
+    keep_realizations: bool = False,
+    chunk_size: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    devices: Sequence | None = None,
+    completed: Sequence[ChunkResult] = (),
+    on_chunk: Callable[[ChunkResult], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EnsembleResult:
+    """Mean, variance and standard error of spin-GORM time series over ``n_realizations`` realizations.
+
+    ``mean_q(t) = (1/R) sum_i q_i(t)`` with realization ``i`` built from
+    ``goe(fold_in(key(seed), i), N)`` — the same realizations as :meth:`SpinGORM.simulate`.
+
+    Args:
+        model: the :class:`SpinGORM` (its dtype sets the precision).
+        times: ``(T,)`` time points.
+        n_realizations: ``R``.
+        seed: non-negative int, ``key = jax.random.key(seed)``.
+        quantities: names from :data:`QUANTITIES`.
+        keep_realizations: also return the ``(R, T[, K])`` per-realization series.
+        chunk_size: realizations per chunk (rounded up to a multiple of the device count);
+            default from ``memory_budget`` and at least ~10 chunks per run.
+        memory_budget: bytes each device may use for one chunk (estimate).
+        devices: devices of the 1-D mesh; default all devices (all hosts after
+            ``jax.distributed.initialize``).
+        completed: chunks already computed (e.g. loaded for a resume); only the rest is evaluated.
+        on_chunk: called with each newly finished :class:`ChunkResult` (e.g. to persist it).
+        progress: called as ``progress(done, total)`` realizations after each chunk.
+
+    Returns:
+        :class:`EnsembleResult`; ``(T,)`` or ``(T, 1)`` arrays per quantity.
+
+    Example:
+        >>> import jax, qep_jax
+        >>> jax.config.update("jax_enable_x64", True)
+        >>> model = qep_jax.SpinGORM(n_levels=8, delta=0.1, coupling_strength=0.1, beta=10.0)
+        >>> res = qep_jax.run_ensemble(model, [0.0, 10.0], 4, quantities=["entropy_production"])
+        >>> res.mean["entropy_production"].shape
+        (2,)
+    """
+    if not isinstance(model, SpinGORM):
+        raise InputError(f"model must be a qep_jax.SpinGORM, got {type(model).__name__}.")
+    n_realizations = _check_int("n_realizations", n_realizations, 1)
+    seed = _check_int("seed", seed, 0)
+    quantities = check_quantities(quantities)
+    memory_budget = _check_int("memory_budget", memory_budget, 1)
+    dtype = model.dtype
+    warn_if_float32(dtype)
+    times = np.asarray(check_times(times), dtype=dtype)
+    itemsize = jnp.finfo(dtype).bits // 8
+    plan = plan_memory(model.n_levels, times.shape[0], quantities, itemsize, memory_budget)
+
+    devices = list(jax.devices() if devices is None else devices)
+    n_dev = len(devices)
+    if chunk_size is None:
+        wanted = math.ceil(n_realizations / TARGET_CHUNKS)
+        chunk_size = min(plan.per_device * n_dev, max(n_dev, wanted))
+    else:
+        chunk_size = _check_int("chunk_size", chunk_size, 1)
+        if math.ceil(chunk_size / n_dev) > plan.per_device:
+            raise InputError(
+                f"chunk_size={chunk_size} needs about {_format_bytes(math.ceil(chunk_size / n_dev) * plan.realization_bytes)} "
+                f"per device, more than memory_budget={_format_bytes(memory_budget)}; use chunk_size <= "
+                f"{plan.per_device * n_dev} or a larger memory_budget."
+            )
+    # Every chunk is padded to the same multiple of the device count: one compilation per run.
+    chunk_size = n_dev * math.ceil(min(chunk_size, n_realizations) / n_dev)
+
+    mesh = Mesh(np.array(devices), (_AXIS,))
+    entropies = any(QUANTITIES[q].needs_reservoir_entropies for q in quantities)
+    fn = _chunk_function(mesh, model.n_levels, quantities, entropies, plan.time_batch_size)
+    key = jax.random.key(seed)
+    times_dev = jnp.asarray(times)
+    sharding = NamedSharding(mesh, PartitionSpec(_AXIS))
+
+    chunks = list(completed)
+    gaps = _missing_ranges(n_realizations, chunks)
+    done = sum(c.stop - c.start for c in chunks)
+    resumed = done
+    if progress is not None:
+        progress(done, n_realizations)
+    t0 = time.perf_counter()
+    for gap_start, gap_stop in gaps:
+        for start in range(gap_start, gap_stop, chunk_size):
+            stop = min(start + chunk_size, gap_stop)
+            # Pad with the last index; padded rows are computed and dropped (static chunk shape).
+            idx = np.minimum(np.arange(start, start + chunk_size), stop - 1).astype(np.int64)
+            indices = jax.make_array_from_callback(idx.shape, sharding, lambda s, idx=idx: idx[s])
+            out = fn(model, key, times_dev, indices)
+            values = {q: _gather(out[q])[: stop - start].astype(np.float64) for q in quantities}
+            chunk = ChunkResult(
+                start, stop, {q: Moments.from_samples(v) for q, v in values.items()},
+                values if keep_realizations else None,
+            )
+            chunks.append(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
+            done += stop - start
+            if progress is not None:
+                progress(done, n_realizations)
+    runtime = time.perf_counter() - t0
+
+    chunks.sort(key=lambda c: c.start)
+    moments = {q: merge_all(c.moments[q] for c in chunks) for q in quantities}
+    series = None
+    if keep_realizations:
+        if any(c.series is None for c in chunks):
+            raise InputError("keep_realizations=True but some completed chunks carry no per-realization series.")
+        series = {q: np.concatenate([c.series[q] for c in chunks], axis=0) for q in quantities}
+    parameters = run_parameters(model, times, n_realizations, seed, quantities, keep_realizations)
+    info = {
+        "device": f"{devices[0].platform}: {devices[0].device_kind}",
+        "device_count": n_dev,
+        "process_count": jax.process_count(),
+        "chunk_size": chunk_size,
+        "runtime_s": runtime,
+        "resumed_realizations": resumed,
+    }
+    return EnsembleResult(
+        times=times.astype(np.float64),
+        parameters=parameters,
+        mean={q: m.mean for q, m in moments.items()},
+        variance={q: m.variance for q, m in moments.items()},
+        standard_error={q: m.standard_error for q, m in moments.items()},
+        series=series,
+        info=info,
+    )
+
+
+def run_parameters(model: SpinGORM, times, n_realizations, seed, quantities, keep_realizations) -> dict:
+    """Everything that determines a run's numbers, as JSON-friendly Python scalars and lists."""
+    return {
+        "model": "spin_gorm",
+        "n_levels": int(model.n_levels),
+        "delta": float(model.delta),
+        "coupling_strength": float(model.coupling_strength),
+        "beta": float(model.beta),
+        "times": [float(t) for t in np.asarray(times)],
+        "n_realizations": int(n_realizations),
+        "seed": int(seed),
+        "quantities": list(quantities),
+        "precision": precision_name(model.dtype),
+        "keep_realizations": bool(keep_realizations),
+    }
+
+
+def with_precision(model: SpinGORM, precision: str) -> SpinGORM:
+    """``model`` with its parameters cast to ``precision`` (``"float64"`` or ``"float32"``).
+
+    float64 needs ``jax_enable_x64``; the cast goes through the pytree so validation is kept.
+    """
+    if precision not in ("float64", "float32"):
+        raise InputError(f"precision={precision!r} must be 'float64' or 'float32'.")
+    if precision == "float64" and not jax.config.jax_enable_x64:
+        raise InputError("precision='float64' needs jax.config.update('jax_enable_x64', True) at program start.")
+    dtype = jnp.dtype(precision)
+    return jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype), model)

@@ -1,0 +1,361 @@
+"""Run output: one netCDF4-layout HDF5 file per run, and crash-safe resume through a parts directory.
+
+During a run nothing is appended to the output file. Each finished chunk is written to
+``<output>.parts/chunk-<start>-<stop>.npz`` (temporary file, fsync, ``os.replace``) and then
+recorded, with its SHA-256, in ``<output>.parts/manifest.json`` (same atomic pattern). A killed
+run therefore leaves only whole, checksummed chunks. Rerunning the same command verifies them:
+a chunk whose checksum does not match (damaged or truncated) is reported and recomputed, never
+used. At the end the output is assembled in a temporary file, fsynced, renamed into place and
+the parts directory is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from typing import Callable
+
+import numpy as np
+
+from ._ensemble import QUANTITIES, ChunkResult, EnsembleResult, run_ensemble, run_parameters
+from ._open_system import InputError
+from ._statistics import Moments
+
+FORMAT = "qep_jax.run/1"
+
+
+class OutputError(InputError):
+    """The output path holds something this run may not use (other parameters, damage)."""
+
+
+def parameters_hash(parameters: dict) -> str:
+    """SHA-256 of the canonical JSON of the run parameters."""
+    return hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _differences(old: dict, new: dict) -> str:
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    parts = []
+    for k in keys[:4]:
+        a, b = old.get(k), new.get(k)
+        if k == "times":
+            a, b = f"{len(a or [])} points", f"{len(b or [])} points" if len(a or []) != len(b or []) else "other values"
+        parts.append(f"{k} {a} -> {b}")
+    return "; ".join(parts) or "format"
+
+
+class PartStore:
+    """The ``<output>.parts`` directory: verified loading and atomic saving of chunks."""
+
+    def __init__(self, output: str, parameters: dict, report: Callable[[str], None] = lambda msg: None):
+        self.directory = output + ".parts"
+        self.parameters = parameters
+        self.hash = parameters_hash(parameters)
+        self.report = report
+        self.entries: dict[str, dict] = {}
+
+    @property
+    def manifest_path(self) -> str:
+        return os.path.join(self.directory, "manifest.json")
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.directory)
+
+    def stored_parameters(self) -> dict:
+        try:
+            with open(self.manifest_path, "rb") as f:
+                manifest = json.loads(f.read())
+            return manifest["parameters"], manifest
+        except FileNotFoundError:
+            return None, None
+        except (ValueError, KeyError) as err:
+            raise OutputError(
+                f"{self.manifest_path} is damaged ({err}); delete {self.directory} or pass --overwrite."
+            ) from None
+
+    def load(self) -> list[ChunkResult]:
+        """Verified chunks of this run (damaged ones are reported and dropped for recomputation)."""
+        stored, manifest = self.stored_parameters()
+        if stored is None:
+            return []
+        if manifest.get("parameters_hash") != self.hash:
+            raise OutputError(
+                f"{self.directory} holds an unfinished run with different parameters "
+                f"({_differences(stored, self.parameters)}); rerun with the same settings to resume, "
+                f"choose another --output, or pass --overwrite."
+            )
+        chunks = []
+        for name, entry in sorted(manifest.get("parts", {}).items()):
+            path = os.path.join(self.directory, name)
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                self.report(f"part {name} is missing; recomputing realizations {entry['start']}..{entry['stop'] - 1}.")
+                continue
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                self.report(f"part {name} is damaged or truncated (checksum mismatch); "
+                            f"recomputing realizations {entry['start']}..{entry['stop'] - 1}.")
+                os.remove(path)
+                continue
+            chunks.append(_chunk_from_bytes(data))
+            self.entries[name] = entry
+        if len(self.entries) != len(manifest.get("parts", {})):
+            self._write_manifest()
+        return chunks
+
+    def save(self, chunk: ChunkResult) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        name = f"chunk-{chunk.start:09d}-{chunk.stop:09d}.npz"
+        data = _chunk_to_bytes(chunk)
+        _atomic_write(os.path.join(self.directory, name), data)
+        self.entries[name] = {"start": chunk.start, "stop": chunk.stop, "sha256": hashlib.sha256(data).hexdigest()}
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        manifest = {"format": FORMAT, "parameters": self.parameters, "parameters_hash": self.hash,
+                    "parts": self.entries}
+        _atomic_write(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True).encode())
+
+    def saved_realizations(self) -> int:
+        return sum(e["stop"] - e["start"] for e in self.entries.values())
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _chunk_to_bytes(chunk: ChunkResult) -> bytes:
+    arrays = {"range": np.array([chunk.start, chunk.stop, next(iter(chunk.moments.values())).count])}
+    for q, m in chunk.moments.items():
+        arrays[f"mean/{q}"] = m.mean
+        arrays[f"m2/{q}"] = m.m2
+        if chunk.series is not None:
+            arrays[f"series/{q}"] = chunk.series[q]
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _chunk_from_bytes(data: bytes) -> ChunkResult:
+    with np.load(io.BytesIO(data)) as z:
+        start, stop, count = (int(v) for v in z["range"])
+        names = [k.split("/", 1)[1] for k in z.files if k.startswith("mean/")]
+        moments = {q: Moments(count, z[f"mean/{q}"], z[f"m2/{q}"]) for q in names}
+        has_series = any(k.startswith("series/") for k in z.files)
+        series = {q: z[f"series/{q}"] for q in names} if has_series else None
+    return ChunkResult(start, stop, moments, series)
+
+
+def _versions() -> dict:
+    import jax
+    import jaxlib
+
+    from . import __version__
+
+    return {"qep_jax_version": __version__, "jax_version": jax.__version__, "jaxlib_version": jaxlib.__version__}
+
+
+def write_run(path: str, result: EnsembleResult) -> None:
+    """Write ``result`` atomically as a netCDF4-layout HDF5 file (h5py; opens with h5py and xarray).
+
+    Dimensions ``time``, ``reservoir`` and (with per-realization series) ``realization`` are
+    coordinate variables and HDF5 dimension scales. Variables ``<q>_mean``, ``<q>_variance``,
+    ``<q>_standard_error`` and optionally ``<q>`` per quantity; parameters, seed, versions and
+    device as global attributes.
+    """
+    import h5py
+
+    params = result.parameters
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            attrs = {
+                "title": "qep_jax spin-GORM ensemble (Esposito, Lindenberg & Van den Broeck 2010, eq. 29)",
+                "format": FORMAT,
+                "units": "hbar = k_B = 1; entropies in nats",
+                "model": params["model"],
+                "n_levels": params["n_levels"],
+                "delta": params["delta"],
+                "coupling_strength": params["coupling_strength"],
+                "beta": params["beta"],
+                "n_realizations": params["n_realizations"],
+                "seed": params["seed"],
+                "precision": params["precision"],
+                "quantities": ",".join(params["quantities"]),
+                "keep_realizations": int(params["keep_realizations"]),
+                "parameters_json": json.dumps(params, sort_keys=True),
+                "parameters_hash": parameters_hash(params),
+                **_versions(),
+                "device": str(result.info.get("device", "")),
+                "device_count": int(result.info.get("device_count", 1)),
+            }
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            scales = {}
+
+            def dimension(name, values, **vattrs):
+                ds = f.create_dataset(name, data=values, track_times=False)
+                ds.make_scale(name)
+                for k, v in vattrs.items():
+                    ds.attrs[k] = v
+                scales[name] = ds
+
+            dimension("time", result.times, units="1/energy (hbar = 1)", long_name="time t")
+            if any(QUANTITIES[q].per_reservoir for q in params["quantities"]):
+                n_res = next(result.mean[q].shape[1] for q in params["quantities"] if QUANTITIES[q].per_reservoir)
+                dimension("reservoir", np.arange(n_res, dtype=np.int64), long_name="reservoir index r")
+            if result.series is not None:
+                dimension("realization", np.arange(result.n_realizations, dtype=np.int64),
+                          long_name="realization index i (GOE matrix from fold_in(key(seed), i))")
+
+            def variable(name, data, dims, long_name, units):
+                ds = f.create_dataset(name, data=np.asarray(data, np.float64), track_times=False)
+                for axis, dim in enumerate(dims):
+                    ds.dims[axis].attach_scale(scales[dim])
+                ds.attrs["long_name"] = long_name
+                ds.attrs["units"] = units
+
+            for q in params["quantities"]:
+                spec = QUANTITIES[q]
+                dims = ("time", "reservoir") if spec.per_reservoir else ("time",)
+                variable(f"{q}_mean", result.mean[q], dims, f"ensemble mean of {spec.long_name}", spec.units)
+                variable(f"{q}_variance", result.variance[q], dims,
+                         f"sample variance (ddof=1) of {spec.long_name}", f"({spec.units})^2")
+                variable(f"{q}_standard_error", result.standard_error[q], dims,
+                         f"standard error of the mean of {spec.long_name}", spec.units)
+                if result.series is not None:
+                    variable(q, result.series[q], ("realization",) + dims, spec.long_name, spec.units)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the output is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def load_run(path: str) -> EnsembleResult:
+    """Read a file written by :func:`write_run` (or ``qep-jax run``) back into an :class:`EnsembleResult`.
+
+    Example:
+        >>> res = qep_jax.load_run("qep_run.h5")  # doctest: +SKIP
+        >>> res.mean["entropy_production"][-1], res.standard_error["entropy_production"][-1]  # doctest: +SKIP
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise OutputError(f"{path} is not a qep_jax run file (format attribute missing).")
+            params = json.loads(f.attrs["parameters_json"])
+            quantities = params["quantities"]
+            read = lambda name: np.asarray(f[name][()])  # noqa: E731
+            series = {q: read(q) for q in quantities} if params["keep_realizations"] else None
+            info = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()
+                    if k in ("device", "device_count", "qep_jax_version", "jax_version", "jaxlib_version")}
+            return EnsembleResult(
+                times=read("time"),
+                parameters=params,
+                mean={q: read(f"{q}_mean") for q in quantities},
+                variance={q: read(f"{q}_variance") for q in quantities},
+                standard_error={q: read(f"{q}_standard_error") for q in quantities},
+                series=series,
+                info=info,
+            )
+    except OutputError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        raise OutputError(f"cannot read {path} as a qep_jax run file ({err}); it is damaged or not a run file.") from None
+
+
+def run_to_file(
+    model,
+    times,
+    n_realizations: int,
+    output: str,
+    *,
+    seed: int = 0,
+    quantities=None,
+    keep_realizations: bool = False,
+    overwrite: bool = False,
+    report: Callable[[str], None] = lambda msg: None,
+    **runner_kwargs,
+) -> tuple[EnsembleResult, bool]:
+    """:func:`run_ensemble` with resume and an output file; returns ``(result, already_done)``.
+
+    An existing ``output`` with the same parameters is loaded and returned (``already_done``);
+    with other parameters :class:`OutputError` is raised unless ``overwrite``.
+    """
+    from ._ensemble import DEFAULT_QUANTITIES, check_quantities
+
+    quantities = check_quantities(DEFAULT_QUANTITIES if quantities is None else quantities)
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory):
+        raise OutputError(f"output directory {directory} does not exist; create it or choose another --output.")
+    if os.path.isdir(output):
+        raise OutputError(f"output {output} is a directory; give a file name such as {os.path.join(output, 'qep_run.h5')}.")
+    params = run_parameters(model, np.asarray(times, dtype=model.dtype), n_realizations, seed, quantities,
+                            keep_realizations)
+    store = PartStore(output, params, report)
+    if overwrite:
+        store.remove()
+        if os.path.exists(output):
+            os.remove(output)
+    if os.path.exists(output):
+        existing = load_run(output)
+        if parameters_hash(existing.parameters) == store.hash:
+            return existing, True
+        raise OutputError(
+            f"{output} holds a run with different parameters ({_differences(existing.parameters, params)}); "
+            f"choose another --output or pass --overwrite to replace it."
+        )
+    completed = store.load()
+    if completed:
+        report(f"resuming: {sum(c.stop - c.start for c in completed)} of {n_realizations} realizations "
+               f"loaded from {store.directory}.")
+    result = run_ensemble(model, times, n_realizations, seed=seed, quantities=quantities,
+                          keep_realizations=keep_realizations, completed=completed, on_chunk=store.save,
+                          **runner_kwargs)
+    write_run(output, result)
+    store.remove()
+    return result, False

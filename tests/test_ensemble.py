@@ -1,0 +1,218 @@
+"""Ensemble runner and run files: reference values, invariance under chunking and device count,
+memory refusal, resume after interruption, damage detection, round trip.
+
+All runs share one small problem (N = 6, 4 time points, cheap quantities) so the chunk function
+compiles only a few times.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+import qep_jax
+from qep_jax._ensemble import run_ensemble
+from qep_jax._io import OutputError, load_run, run_to_file
+
+N, R, SEED = 6, 5, 7
+TIMES = np.linspace(0.0, 30.0, 4)
+QUANTITIES = ("entropy_production", "heat", "spin_polarization")
+TOL = 1e-12  # different batchings only change rounding
+
+
+@pytest.fixture(scope="module")
+def model():
+    return qep_jax.SpinGORM(N, 0.1, 0.3, 10.0)
+
+
+@pytest.fixture(scope="module")
+def reference(model):
+    """Independent reference: the core's SpinGORM.simulate and numpy statistics."""
+    traj = model.simulate(jax.random.key(SEED), TIMES, R, reservoir_entropies=False)
+    rho = np.asarray(traj.system_state)
+    return {
+        "entropy_production": np.asarray(traj.entropy_production),
+        "heat": np.asarray(traj.heat),
+        "spin_polarization": np.real(rho[..., 1, 1] - rho[..., 0, 0]),
+    }
+
+
+def _run(model, **kwargs):
+    kwargs.setdefault("chunk_size", 2)
+    return run_ensemble(model, TIMES, R, seed=SEED, quantities=QUANTITIES, **kwargs)
+
+
+def test_statistics_match_simulate_and_numpy(model, reference):
+    res = _run(model, keep_realizations=True)
+    for q, x in reference.items():
+        np.testing.assert_allclose(res.series[q], x, rtol=0, atol=TOL)
+        np.testing.assert_allclose(res.mean[q], x.mean(0), rtol=0, atol=TOL)
+        np.testing.assert_allclose(res.variance[q], x.var(0, ddof=1), rtol=1e-9, atol=TOL)
+        np.testing.assert_allclose(res.standard_error[q], x.std(0, ddof=1) / np.sqrt(R), rtol=1e-9, atol=TOL)
+    # Physics sanity: D_iS(0) = 0 and D_iS >= 0 (eq. 10 is a relative entropy).
+    assert abs(res.mean["entropy_production"][0]) < 1e-12
+    assert np.all(res.series["entropy_production"] > -1e-12)
+    assert res.mean["heat"].shape == (len(TIMES), 1)
+
+
+def test_chunk_size_invariance(model):
+    a = _run(model, chunk_size=2)
+    b = _run(model, chunk_size=3)
+    c = _run(model, chunk_size=None)  # auto from the memory budget
+    for q in QUANTITIES:
+        for other in (b, c):
+            np.testing.assert_allclose(other.mean[q], a.mean[q], rtol=0, atol=TOL)
+            np.testing.assert_allclose(other.variance[q], a.variance[q], rtol=1e-10, atol=TOL)
+    assert a.info["chunk_size"] == 2 and b.info["chunk_size"] == 3
+
+
+def test_memory_refusal_says_what_would_fit(model):
+    with pytest.raises(qep_jax.InputError, match=r"memory_budget >= .* or n_levels <= \d+"):
+        run_ensemble(qep_jax.SpinGORM(60, 0.1, 0.1, 10.0), TIMES, 2, memory_budget=300_000)
+    with pytest.raises(qep_jax.InputError, match=r"chunk_size <= \d+"):
+        _run(model, chunk_size=5, memory_budget=60_000)
+
+
+def test_bad_arguments(model):
+    with pytest.raises(qep_jax.InputError, match="unknown quantity"):
+        run_ensemble(model, TIMES, 2, quantities=["entropy"])
+    with pytest.raises(qep_jax.InputError, match="n_realizations"):
+        run_ensemble(model, TIMES, 0)
+    with pytest.raises(qep_jax.InputError, match="seed"):
+        run_ensemble(model, TIMES, 2, seed=-1)
+
+
+def _file_content(path):
+    with h5py.File(path, "r") as f:
+        data = {name: f[name][()] for name in f}
+        attrs = {k: v for k, v in f.attrs.items() if k not in ("device", "device_count")}
+    return data, attrs
+
+
+def _assert_same_file(p, q):
+    (da, aa), (db, ab) = _file_content(p), _file_content(q)
+    assert sorted(da) == sorted(db)
+    for name in da:
+        np.testing.assert_array_equal(da[name], db[name])  # same chunking: bitwise equal
+    assert aa.keys() == ab.keys()
+    for k in aa:
+        assert np.all(aa[k] == ab[k]), k
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(n_done):
+    def progress(done, total):
+        if done >= n_done:
+            raise _Interrupt
+    return progress
+
+
+def test_resume_after_interruption_gives_identical_file(model, tmp_path):
+    full = str(tmp_path / "full.h5")
+    run_to_file(model, TIMES, R, full, seed=SEED, quantities=QUANTITIES, keep_realizations=True, chunk_size=2)
+    out = str(tmp_path / "resumed.h5")
+    with pytest.raises(_Interrupt):
+        run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES, keep_realizations=True,
+                    chunk_size=2, progress=_interrupt_after(4))
+    assert not os.path.exists(out)
+    manifest = json.load(open(out + ".parts/manifest.json"))
+    assert sorted((e["start"], e["stop"]) for e in manifest["parts"].values()) == [(0, 2), (2, 4)]
+    messages = []
+    result, already = run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES,
+                                  keep_realizations=True, chunk_size=2, report=messages.append)
+    assert not already and result.info["resumed_realizations"] == 4
+    assert any("resuming: 4 of 5" in m for m in messages)
+    assert not os.path.exists(out + ".parts")
+    _assert_same_file(full, out)
+    # Rerunning a finished run recomputes nothing.
+    again, already = run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES,
+                                 keep_realizations=True, chunk_size=2)
+    assert already
+    np.testing.assert_array_equal(again.mean["heat"], result.mean["heat"])
+
+
+def test_damaged_part_is_detected_and_recomputed(model, tmp_path):
+    full = str(tmp_path / "full.h5")
+    run_to_file(model, TIMES, R, full, seed=SEED, quantities=QUANTITIES, chunk_size=2)
+    out = str(tmp_path / "out.h5")
+    with pytest.raises(_Interrupt):
+        run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES, chunk_size=2,
+                    progress=_interrupt_after(4))
+    part = os.path.join(out + ".parts", "chunk-000000002-000000004.npz")
+    data = open(part, "rb").read()
+    open(part, "wb").write(data[: len(data) // 2])  # truncated, as by a full disk
+    messages = []
+    result, _ = run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES, chunk_size=2,
+                            report=messages.append)
+    assert any("chunk-000000002-000000004.npz is damaged" in m for m in messages)
+    assert result.info["resumed_realizations"] == 2
+    _assert_same_file(full, out)
+
+
+def test_existing_output_with_other_parameters(model, tmp_path):
+    out = str(tmp_path / "run.h5")
+    run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES, chunk_size=2)
+    with pytest.raises(OutputError, match=r"different parameters \(seed 7 -> 8\).*--overwrite"):
+        run_to_file(model, TIMES, R, out, seed=8, quantities=QUANTITIES, chunk_size=2)
+    result, already = run_to_file(model, TIMES, R, out, seed=8, quantities=QUANTITIES, chunk_size=2,
+                                  overwrite=True)
+    assert not already and load_run(out).parameters["seed"] == 8
+    # An unfinished run with other parameters is refused as well.
+    with pytest.raises(_Interrupt):
+        run_to_file(model, TIMES, R, str(tmp_path / "b.h5"), seed=1, quantities=QUANTITIES, chunk_size=2,
+                    progress=_interrupt_after(2))
+    with pytest.raises(OutputError, match="unfinished run with different parameters"):
+        run_to_file(model, TIMES, R, str(tmp_path / "b.h5"), seed=2, quantities=QUANTITIES, chunk_size=2)
+    # A file that is not a run file is reported, not used.
+    open(tmp_path / "junk.h5", "wb").write(b"not hdf5")
+    with pytest.raises(OutputError, match="damaged or not a run file"):
+        run_to_file(model, TIMES, R, str(tmp_path / "junk.h5"), seed=SEED, quantities=QUANTITIES)
+
+
+def test_output_round_trip(model, tmp_path):
+    out = str(tmp_path / "rt.h5")
+    result, _ = run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES, keep_realizations=True,
+                            chunk_size=2)
+    back = load_run(out)
+    np.testing.assert_array_equal(back.times, TIMES)
+    assert back.parameters == result.parameters
+    for q in QUANTITIES:
+        for field in ("mean", "variance", "standard_error", "series"):
+            np.testing.assert_array_equal(getattr(back, field)[q], getattr(result, field)[q])
+    with h5py.File(out) as f:
+        assert f.attrs["seed"] == SEED and f.attrs["n_levels"] == N
+        assert f.attrs["jax_version"] == jax.__version__
+        assert f["heat_mean"].dims[1][0].name == "/reservoir"
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    with xr.open_dataset(out, engine="h5netcdf") as ds:
+        assert dict(ds.sizes) == {"time": 4, "reservoir": 1, "realization": R}
+        np.testing.assert_array_equal(ds["entropy_production_mean"].values, result.mean["entropy_production"])
+
+
+def test_device_count_invariance(model, tmp_path):
+    script = textwrap.dedent(f"""
+        import jax, numpy as np, json
+        jax.config.update("jax_enable_x64", True)
+        import qep_jax
+        assert jax.device_count() == 2
+        res = qep_jax.run_ensemble(qep_jax.SpinGORM({N}, 0.1, 0.3, 10.0), {TIMES.tolist()}, {R}, seed={SEED},
+                                   quantities={list(QUANTITIES)}, keep_realizations=True, chunk_size=3)
+        print(json.dumps({{q: res.series[q].tolist() for q in res.series}}))
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = json.loads(proc.stdout.strip().splitlines()[-1])
+    one = _run(model, keep_realizations=True)
+    for q in QUANTITIES:
+        np.testing.assert_allclose(np.asarray(two[q]), one.series[q], rtol=0, atol=TOL)
