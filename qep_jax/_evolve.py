@@ -12,18 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from ._entropy import entropy_from_eigenvalues, von_neumann_entropy
+from ._entropy import von_neumann_entropy
 from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all
-from ._spectral import (
-    Spectrum,
-    diagonalize,
-    expectation_at,
-    observable_weights,
-    propagate_factor,
-    reduced_from_factor,
-    reservoirs_from_factor,
-    to_eigenbasis,
-)
+from ._propagator_rules import SeriesConfig, spectral_series, thermal_state
+from ._propagator_rules import apply_on_factor as _apply_on_factor
+from ._propagator_rules import system_factor as _system_factor
 from ._trajectory import Trajectory
 
 # Working memory the time-point loop may use per realization before it is split into batches.
@@ -39,28 +32,8 @@ class _Equilibrium(NamedTuple):
 
 
 def _equilibrium(system: OpenSystem, r: int) -> _Equilibrium:
-    g = system.grand_hamiltonian(r)
-    eps, v = jnp.linalg.eigh(g)
-    logits = -system.betas[r] * eps
-    log_z = jax.nn.logsumexp(logits)
-    p = jnp.exp(logits - log_z)
-    rho = (v * p) @ v.conj().T
-    sqrt_rho = (v * jnp.sqrt(p)) @ v.conj().T
-    return _Equilibrium(rho, sqrt_rho, log_z, entropy_from_eigenvalues(p), jnp.sum(p * eps))
-
-
-def _system_factor(rho_system: Array, rank: int) -> Array:
-    """``L`` with ``L L^dag = rho_s(0)``, keeping the ``rank`` largest eigenvalues; ``(d_s, rank)``."""
-    lam, v = jnp.linalg.eigh(rho_system)
-    lam = jnp.clip(lam[-rank:], 0.0, None)
-    return v[:, -rank:] * jnp.sqrt(lam)
-
-
-def _apply_on_factor(op: Array, w: Array, dims: tuple[int, ...], factor: int) -> Array:
-    """``(1 (x) op (x) 1) @ w`` for ``w`` of shape ``(D, n)`` without forming the ``D x D`` operator."""
-    tensor = w.reshape(dims + (w.shape[-1],))
-    out = jnp.moveaxis(jnp.tensordot(op, tensor, axes=([1], [factor])), 0, factor)
-    return out.reshape(w.shape)
+    # Derivatives use divided differences of exp on the spectrum of G_r: finite when G_r is degenerate.
+    return _Equilibrium(*thermal_state(system.grand_hamiltonian(r), system.betas[r]))
 
 
 def _static_rank(rho_system, tol: float = 1e-12) -> int:
@@ -77,50 +50,37 @@ def _evolve_kernel(
     reservoir_entropies: bool,
     time_batch_size: int,
     system_rank: int,
+    checkpoint: bool = True,
 ) -> Trajectory:
-    """One realization, all time points. Shapes are static; see :class:`Trajectory`."""
+    """One realization, all time points. Shapes are static; see :class:`Trajectory`.
+
+    With ``checkpoint`` (default) reverse-mode differentiation stores only this function's inputs
+    and recomputes its forward pass, so the gradient of an ensemble mean over ``lax.map``-ped
+    realizations keeps one realization's intermediates at a time (values are unchanged).
+    """
+    body = functools.partial(
+        _kernel_body, reservoir_entropies=reservoir_entropies, time_batch_size=time_batch_size,
+        system_rank=system_rank,
+    )
+    return jax.checkpoint(body)(system, times) if checkpoint else body(system, times)
+
+
+def _kernel_body(system: OpenSystem, times: Array, *, reservoir_entropies: bool, time_batch_size: int,
+                 system_rank: int) -> Trajectory:
     dims = system.dims
-    d_s, n_res, total = dims[0], system.n_reservoirs, system.total_dim
+    d_s, n_res = dims[0], system.n_reservoirs
     has_numbers = system.number_operators is not None
 
-    spectrum: Spectrum = diagonalize(system.hamiltonian())
-    w = spectrum.vectors
     eqs = [_equilibrium(system, r) for r in range(n_res)]
     rho0 = _kron_all([system.rho_system] + [e.rho for e in eqs])
-    rho0_eig = to_eigenbasis(spectrum, rho0)
-
-    # rho_s(t)_ij = <(|j><i| (x) 1)>_t: O~_ba = sum_R conj(W_(jR)b) W_(iR)a, weight M_ab = rho0~_ab O~_ba.
-    w_blocks = w.reshape(d_s, total // d_s, total)
-    system_weights = jnp.einsum("iRa,jRb->ijab", w_blocks, w_blocks.conj()).reshape(d_s * d_s, total, total)
-    system_weights = system_weights * rho0_eig
     reservoir_ops = list(system.h_reservoirs) + (list(system.number_operators) if has_numbers else [])
     factors = list(range(1, n_res + 1)) * (2 if has_numbers else 1)
-    reservoir_weights = [
-        observable_weights(rho0_eig, w.conj().T @ _apply_on_factor(op, w, dims, f))
-        for op, f in zip(reservoir_ops, factors)
-    ]
-    weights = jnp.concatenate([system_weights, jnp.stack(reservoir_weights)], axis=0)
-    # <H> is conserved, so <V>_t = <H>_0 - <H_s>_t - sum_r <H_r>_t needs no observable of its own.
-    total_energy = jnp.sum(spectrum.energies * jnp.real(jnp.diagonal(rho0_eig)))
-
-    if reservoir_entropies:
-        factor = _kron_all([_system_factor(system.rho_system, system_rank)] + [e.sqrt_rho for e in eqs])
-        factor_eig = w.conj().T @ factor.astype(jnp.result_type(w, factor))
-
-    def at_time(t):
-        values = expectation_at(spectrum.energies, weights, t)
-        out = {"expectations": values}
-        if reservoir_entropies:
-            x = propagate_factor(spectrum, factor_eig, t)
-            out["reservoir_entropy"] = jnp.stack(
-                [von_neumann_entropy(reduced_from_factor(x, dims, r + 1)) for r in range(n_res)]
-            )
-            if n_res > 1:
-                out["joint_reservoir_entropy"] = von_neumann_entropy(reservoirs_from_factor(x, d_s))
-        return out
-
-    series = jax.lax.map(at_time, times, batch_size=min(time_batch_size, times.shape[0]))
-    values = series["expectations"]
+    config = SeriesConfig(dims, tuple(factors), reservoir_entropies, int(time_batch_size), int(system_rank))
+    # One eigh of H; derivatives through the Daleckii-Krein rule of _propagator_rules (exact at degeneracies).
+    series = spectral_series(config, system.hamiltonian(), rho0, tuple(reservoir_ops), system.rho_system,
+                             tuple(e.sqrt_rho for e in eqs), times)
+    total_energy = series.total_energy
+    values = series.values
     rho_s = values[:, : d_s * d_s].reshape(-1, d_s, d_s)
     rho_s = (rho_s + jnp.swapaxes(rho_s, -1, -2).conj()) / 2
     obs = jnp.real(values[:, d_s * d_s :])
@@ -151,8 +111,8 @@ def _evolve_kernel(
 
     expensive = {}
     if reservoir_entropies:
-        s_r = series["reservoir_entropy"]
-        s_joint = series["joint_reservoir_entropy"] if n_res > 1 else s_r[:, 0]
+        s_r = series.reservoir_entropy
+        s_joint = series.joint_reservoir_entropy if n_res > 1 else s_r[:, 0]
         expensive = dict(
             reservoir_entropy=s_r,
             mutual_information=system_entropy + s_joint - total_entropy,
@@ -210,8 +170,8 @@ def auto_time_batch_size(dims, n_times, system_rank, n_observables, itemsize, re
     return int(max(1, min(n_times, block_bytes // max(per_time, 1))))
 
 
-def check_times(times) -> Array:
-    """Validate a time grid: 1-D, finite, real; returns it as a JAX array."""
+def check_times(times, dtype=None) -> Array:
+    """Validate a time grid: 1-D, finite, real; returns it as a JAX array of the real ``dtype``."""
     if not _is_concrete(times):
         return times
     arr = np.asarray(times)
@@ -221,7 +181,7 @@ def check_times(times) -> Array:
         raise InputError(f"times must be a non-empty 1-D array of time points, got shape {arr.shape}.")
     if not np.isrealobj(arr) or not np.all(np.isfinite(arr)):
         raise InputError("times must be finite real numbers.")
-    return jnp.asarray(arr, dtype=jnp.result_type(float))
+    return jnp.asarray(arr, dtype=dtype or jnp.result_type(float))
 
 
 def warn_if_float32(dtype) -> None:
@@ -285,7 +245,7 @@ def evolve(
     """
     if not isinstance(open_system, OpenSystem):
         raise InputError(f"open_system must be a qep_jax.OpenSystem, got {type(open_system).__name__}.")
-    times = check_times(times)
+    times = check_times(times, jnp.finfo(open_system.coupling.dtype).dtype)
     warn_if_float32(open_system.coupling.dtype)
     rank = _static_rank(open_system.rho_system) if reservoir_entropies else open_system.system_dim
     itemsize = jnp.finfo(open_system.coupling.dtype).bits // 8

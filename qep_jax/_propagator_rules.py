@@ -1,0 +1,408 @@
+"""Derivative rules for the spectral propagator and the reservoir Gibbs states.
+
+Every quantity of :func:`qep_jax.evolve` is a smooth function of ``H``, of the reservoirs' Gibbs
+states and of ``rho_s(0)``, but it is computed from eigenvectors, whose JAX derivative divides
+by ``E_a - E_b`` and is NaN/inf at exact degeneracies. The two ``custom_jvp`` functions here give
+derivatives that only use divided differences of eigenvalues (Daleckii-Krein):
+
+* :func:`spectral_series` -- from ``(H, rho(0), reservoir observables, rho_s(0), sqrt(rho_r^eq), t)``
+  to the expectation series ``<O_k>_t`` (the cheap quantities) and the reservoir entropies
+  ``S_r(t)`` (the expensive ones). In the eigenbasis of ``H`` (tildes) the derivative of the
+  propagator is ``d U(t)~ = dH~ o F(t)`` with ``F_ac = (phi_a - phi_c) / (E_a - E_c)``,
+  ``phi_a = exp(-i E_a t)``, which tends to ``-i t phi_a`` when ``E_a = E_c``.
+* :func:`thermal_state` -- ``exp(-beta G) / Z``, its square root, ``ln Z``, entropy and ``<G>``,
+  with the divided differences of ``exp(-beta x)``.
+
+Cost of the cheap tangent. With pairs split into *far* (``|E_a - E_c| t_max > tau``) and *near*
+ones, ``F`` is ``(phi_a - phi_c) R_ac`` (``R = 1 / (E_a - E_c)``) on far pairs and the Taylor form
+``phi_a (-i t - t^2 (E_c - E_a) / 2)`` on near pairs, so every tangent is
+``sum_ab phi_a phi_b* (M1 + t M2 + t^2 M3)_ab`` with ``D x D`` matrices ``M`` built once
+(``O(D^3)``); each time point then costs ``O(D^2)`` forward and, after JAX transposes the rule
+for reverse mode, ``O(D^2)`` backward. ``tau = 1e-5`` balances the cancellation error of the far
+form (``~ eps / tau``) against the truncation error of the near form (``~ tau^2 / 6``); both
+stay below ``1e-10`` relative.
+
+Memory. The time loops inside the rules are ``jax.checkpoint``-ed per time chunk, so reverse mode
+keeps no per-time residuals (``X(t)`` of size ``D x R`` would otherwise be stored for every ``t``).
+
+Higher derivatives differentiate these rules with JAX's own ``eigh`` derivative: correct at
+generic points, not at exact degeneracies.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.custom_derivatives import SymbolicZero
+
+from ._entropy import entropy_from_eigenvalues, von_neumann_entropy
+from ._open_system import _kron_all
+from ._spectral import (
+    diagonalize,
+    expectation_at,
+    observable_weights,
+    Spectrum,
+    propagate_factor,
+    reduced_from_factor,
+    reservoirs_from_factor,
+    to_eigenbasis,
+)
+
+# Near/far threshold on |E_a - E_c| * max|t| (see module docstring).
+NEAR_DEGENERATE = 1e-5
+
+
+class SeriesConfig(NamedTuple):
+    """Static description of the observables of :func:`spectral_series` (hashable)."""
+
+    dims: tuple[int, ...]  # (d_s, d_1, ..., d_K)
+    factors: tuple[int, ...]  # tensor factor of each reservoir observable (1..K)
+    reservoir_entropies: bool
+    time_batch_size: int
+    system_rank: int
+
+
+class Series(NamedTuple):
+    """Output of :func:`spectral_series`.
+
+    values: ``(T, d_s^2 + n_ops)`` complex: ``<(|j><i| (x) 1)>_t`` at column ``i d_s + j`` (so the
+        first ``d_s^2`` columns are ``rho_s(t)_ij``), then ``<O_k>_t`` of the reservoir observables.
+    total_energy: ``()`` ``<H>_0``.
+    reservoir_entropy: ``(T, K)`` ``S_r(t)`` or ``None``.
+    joint_reservoir_entropy: ``(T,)`` ``S(rho_R(t))`` for ``K >= 2``, else ``None``.
+    """
+
+    values: Array
+    total_energy: Array
+    reservoir_entropy: Array | None
+    joint_reservoir_entropy: Array | None
+
+
+def apply_on_factor(op: Array, w: Array, dims: tuple[int, ...], factor: int) -> Array:
+    """``(1 (x) op (x) 1) @ w`` for ``w`` of shape ``(D, n)`` without forming the ``D x D`` operator."""
+    tensor = w.reshape(dims + (w.shape[-1],))
+    out = jnp.moveaxis(jnp.tensordot(op, tensor, axes=([1], [factor])), 0, factor)
+    return out.reshape(w.shape)
+
+
+def system_factor(rho_system: Array, rank: int) -> Array:
+    """``L`` with ``L L^dag = rho_s(0)``, keeping the ``rank`` largest eigenvalues; ``(d_s, rank)``."""
+    lam, v = jnp.linalg.eigh(rho_system)
+    lam = jnp.clip(lam[-rank:], 0.0, None)
+    return v[:, -rank:] * jnp.sqrt(lam)
+
+
+def _hermitian_part(m: Array) -> Array:
+    # eigh reads only (H + H^dag) / 2, so a tangent's anti-Hermitian part does not change the value.
+    return (m + m.conj().T) / 2
+
+
+def _is_zero(tangent) -> bool:
+    return tangent is None or isinstance(tangent, SymbolicZero)
+
+
+def _commutator(a: Array, b: Array) -> Array:
+    return a @ b - b @ a
+
+
+def _batch(n_times: int, time_batch_size: int) -> int:
+    return min(time_batch_size, n_times)
+
+
+# --------------------------------------------------------------------------------------------
+# Spectral series: the primal computation (kept operation-for-operation as it always was).
+# --------------------------------------------------------------------------------------------
+
+
+class _Setup(NamedTuple):
+    energies: Array
+    vectors: Array
+    rho0_eig: Array  # (D, D) W^dag rho(0) W
+    observables_t: Array  # (n, D, D) O~^T of every observable
+    weights: Array  # (n, D, D) rho0~ o O~^T
+    total_energy: Array
+    system_factor: Array | None  # (d_s, rank)
+    factor_eig: Array | None  # (D, R) W^dag (L (x) sqrt rho_1^eq (x) ...)
+
+
+def _setup(config: SeriesConfig, h, rho0, reservoir_ops, rho_system, sqrt_eqs) -> _Setup:
+    dims = config.dims
+    d_s, total = dims[0], int(rho0.shape[-1])
+    spectrum = diagonalize(h)
+    w = spectrum.vectors
+    rho0_eig = to_eigenbasis(spectrum, rho0)
+    # rho_s(t)_ij = <(|j><i| (x) 1)>_t: O~_ba = sum_R conj(W_(jR)b) W_(iR)a, weight M_ab = rho0~_ab O~_ba.
+    w_blocks = w.reshape(d_s, total // d_s, total)
+    system_t = jnp.einsum("iRa,jRb->ijab", w_blocks, w_blocks.conj()).reshape(d_s * d_s, total, total)
+    reservoir_eig = [w.conj().T @ apply_on_factor(op, w, dims, f) for op, f in zip(reservoir_ops, config.factors)]
+    weights = jnp.concatenate(
+        [system_t * rho0_eig, jnp.stack([observable_weights(rho0_eig, o) for o in reservoir_eig])], axis=0
+    )
+    observables_t = jnp.concatenate([system_t, jnp.stack([o.T for o in reservoir_eig])], axis=0)
+    # <H> is conserved, so <V>_t = <H>_0 - <H_s>_t - sum_r <H_r>_t needs no observable of its own.
+    total_energy = jnp.sum(spectrum.energies * jnp.real(jnp.diagonal(rho0_eig)))
+    factor = factor_eig = None
+    if config.reservoir_entropies:
+        factor = system_factor(rho_system, config.system_rank)
+        full = _kron_all([factor] + list(sqrt_eqs))
+        factor_eig = w.conj().T @ full.astype(jnp.result_type(w, full))
+    return _Setup(spectrum.energies, w, rho0_eig, observables_t, weights, total_energy, factor, factor_eig)
+
+
+def _entropies(config: SeriesConfig, x: Array) -> dict:
+    dims = config.dims
+    n_res = len(dims) - 1
+    out = {"reservoir_entropy": jnp.stack([von_neumann_entropy(reduced_from_factor(x, dims, r + 1))
+                                           for r in range(n_res)])}
+    if n_res > 1:
+        out["joint_reservoir_entropy"] = von_neumann_entropy(reservoirs_from_factor(x, dims[0]))
+    return out
+
+
+def _primal_series(config: SeriesConfig, s: _Setup, times: Array) -> Series:
+    def at_time(t):
+        out = {"values": expectation_at(s.energies, s.weights, t)}
+        if config.reservoir_entropies:
+            x = propagate_factor(Spectrum(s.energies, s.vectors), s.factor_eig, t)
+            out.update(_entropies(config, x))
+        return out
+
+    series = jax.lax.map(at_time, times, batch_size=_batch(times.shape[0], config.time_batch_size))
+    return Series(series["values"], s.total_energy, series.get("reservoir_entropy"),
+                  series.get("joint_reservoir_entropy"))
+
+
+@jax.custom_jvp
+def thermal_state(g: Array, beta: Array) -> tuple[Array, Array, Array, Array, Array]:
+    """Gibbs state of ``G`` at ``beta`` and its companions, with degeneracy-safe derivatives.
+
+    Returns ``(rho, sqrt_rho, ln Z, S, <G>)`` with ``rho = exp(-beta G) / Z`` ``(d, d)``,
+    ``sqrt_rho = exp(-beta G / 2) / sqrt(Z)``, ``S = -Tr rho ln rho = ln Z + beta <G>``.
+    """
+    eps, v = jnp.linalg.eigh(g)
+    logits = -beta * eps
+    log_z = jax.nn.logsumexp(logits)
+    p = jnp.exp(logits - log_z)
+    rho = (v * p) @ v.conj().T
+    sqrt_rho = (v * jnp.sqrt(p)) @ v.conj().T
+    return rho, sqrt_rho, log_z, entropy_from_eigenvalues(p), jnp.sum(p * eps)
+
+
+def _expm1_ratio(y: Array) -> Array:
+    """``expm1(y) / y``, ``1`` at ``y = 0`` (no cancellation: expm1 is accurate for small ``y``)."""
+    zero = y == 0
+    safe = jnp.where(zero, 1.0, y)
+    return jnp.where(zero, 1.0, jnp.expm1(safe) / safe)
+
+
+@thermal_state.defjvp
+def _thermal_state_jvp(primals, tangents):
+    (g, beta), (dg, dbeta) = primals, tangents
+    value = thermal_state(g, beta)
+    eps, v = jnp.linalg.eigh(g)
+    logits = -beta * eps
+    log_z = jax.nn.logsumexp(logits)
+    p = jnp.exp(logits - log_z)
+    sqrt_p = jnp.sqrt(p)
+    mean = jnp.sum(p * eps)
+    dg_eig = v.conj().T @ _hermitian_part(dg) @ v
+    # Divided differences of p(x) = exp(-beta x - ln Z) on the spectrum, written around the larger
+    # of the two weights so nothing overflows: (p_a - p_b) / (e_a - e_b) = -beta max(p) h(-|x_ab|),
+    # h(y) = expm1(y) / y, x_ab = beta (e_b - e_a); the diagonal is p'(e_a) = -beta p_a.
+    gap = jnp.abs(logits[:, None] - logits[None, :])
+    div_p = -beta * jnp.maximum(p[:, None], p[None, :]) * _expm1_ratio(-gap)
+    div_sqrt = -beta / 2 * jnp.maximum(sqrt_p[:, None], sqrt_p[None, :]) * _expm1_ratio(-gap / 2)
+    deps = jnp.real(jnp.diagonal(dg_eig))
+    dlog_z = -dbeta * mean - beta * jnp.sum(p * deps)
+    drho_eig = dg_eig * div_p - jnp.diag(p * (dlog_z + dbeta * eps))
+    dsqrt_eig = dg_eig * div_sqrt - jnp.diag(sqrt_p * (dlog_z + dbeta * eps) / 2)
+    dmean = jnp.sum(p * deps) + jnp.sum(eps * jnp.real(jnp.diagonal(drho_eig)))
+    dentropy = dlog_z + dbeta * mean + beta * dmean
+    rotate = lambda m: (v @ m @ v.conj().T).astype(value[0].dtype)  # noqa: E731
+    return value, (rotate(drho_eig), rotate(dsqrt_eig), dlog_z, dentropy, dmean)
+
+
+# --------------------------------------------------------------------------------------------
+# Spectral series with the Daleckii-Krein tangent.
+# --------------------------------------------------------------------------------------------
+
+
+def _reduced_pair(a: Array, b: Array, dims: tuple[int, ...], keep: int) -> Array:
+    """``Tr_{not keep} a b^dag`` for ``a, b`` of shape ``(D, R)``; ``(d_keep, d_keep)``."""
+    n = len(dims)
+    xa = a.reshape(dims + (a.shape[-1],))
+    xb = b.reshape(dims + (b.shape[-1],))
+    left = list(range(n)) + [n]
+    right = [i if i != keep else n + 1 for i in range(n)] + [n]
+    return jnp.einsum(xa, left, xb.conj(), right, [keep, n + 1])
+
+
+def _reservoirs_pair(a: Array, b: Array, system_dim: int) -> Array:
+    """``Tr_s a b^dag`` ``(D/d_s, D/d_s)``."""
+    xa = a.reshape(system_dim, -1, a.shape[-1])
+    xb = b.reshape(system_dim, -1, b.shape[-1])
+    return jnp.einsum("saq,sbq->ab", xa, xb.conj())
+
+
+def _spectral_series(config: SeriesConfig, h, rho0, reservoir_ops, rho_system, sqrt_eqs, times) -> Series:
+    return _primal_series(config, _setup(config, h, rho0, reservoir_ops, rho_system, sqrt_eqs), times)
+
+
+spectral_series = jax.custom_jvp(_spectral_series, nondiff_argnums=(0,))
+spectral_series.__doc__ = """Expectation series and reservoir entropies of the unitary evolution under ``H``.
+
+``<O_k>_t = Tr[O_k U(t) rho(0) U(t)^dag]`` with ``U(t) = exp(-i H t)`` for the ``d_s^2`` system
+operators ``|j><i| (x) 1`` and the embedded ``reservoir_ops``; with
+``config.reservoir_entropies`` also ``S_r(t)`` of ``rho_r(t)`` for
+``rho(0) = rho_s(0) (x) sqrt_1^2 (x) ...`` (and the joint reservoir entropy for ``K >= 2``).
+
+Args:
+    config: static :class:`SeriesConfig`.
+    h: ``(D, D)`` Hermitian Hamiltonian.
+    rho0: ``(D, D)`` initial state.
+    reservoir_ops: tuple of ``(d_r, d_r)`` observables on factors ``config.factors``.
+    rho_system: ``(d_s, d_s)`` ``rho_s(0)``.
+    sqrt_eqs: tuple of ``(d_r, d_r)`` square roots of the reservoir Gibbs states.
+    times: ``(T,)``.
+
+Returns:
+    :class:`Series`. Derivatives with respect to every array argument use eigenvalue divided
+    differences only (module docstring).
+"""
+
+
+def _zero_if_symbolic(tangent, like):
+    return jnp.zeros_like(like) if _is_zero(tangent) else tangent
+
+
+def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
+    h, rho0, reservoir_ops, rho_system, sqrt_eqs, times = primals
+    dh, drho0, dops, drho_system, dsqrt, dtimes = tangents
+    s = _setup(config, h, rho0, reservoir_ops, rho_system, sqrt_eqs)
+    out = _primal_series(config, s, times)
+
+    dims = config.dims
+    d_s, total = dims[0], int(rho0.shape[-1])
+    e, w = s.energies, s.vectors
+    wd = w.conj().T
+    ctype = jnp.result_type(w.dtype, jnp.complex64)
+    rho, ot = s.rho0_eig, s.observables_t
+    dh_eig = None if _is_zero(dh) else wd @ _hermitian_part(dh) @ w
+    drho_eig = None if _is_zero(drho0) else wd @ drho0 @ w
+    with_dt = not _is_zero(dtimes)
+    dtimes = _zero_if_symbolic(dtimes, times)
+
+    # ---- cheap set: tangent weights M1 + t M2 + t^2 M3 (+ dt M_t), see module docstring ----
+    m1 = jnp.zeros(ot.shape, ctype)
+    if drho_eig is not None:
+        m1 = m1 + drho_eig * ot
+    for k, (dop, f) in enumerate(zip(dops, config.factors)):
+        if not _is_zero(dop):
+            dot_k = (wd @ apply_on_factor(dop, w, dims, f)).T
+            m1 = m1.at[d_s * d_s + k].add(rho * dot_k)
+    m2 = m3 = None
+    if dh_eig is not None:
+        t_max = jnp.max(jnp.abs(times))
+        gap = e[None, :] - e[:, None]  # gap_ac = E_c - E_a
+        near = jnp.abs(gap) * t_max <= NEAR_DEGENERATE
+        inverse_gap = jnp.where(near, 0.0, -1.0 / jnp.where(near, 1.0, gap))  # 1 / (E_a - E_c) on far pairs
+        a = inverse_gap * dh_eig
+        b1 = jnp.where(near, dh_eig, 0.0)
+        b2 = b1 * gap
+        m1 = m1 + ot * _commutator(a, rho) + rho * (ot @ a.T - a.T @ ot)
+        m2 = -1j * ot * _commutator(b1, rho)
+        m3 = -0.5 * ot * _commutator(b2, rho)
+    n_obs = ot.shape[0]
+    stacked = [m1] + ([m2, m3] if m2 is not None else [])
+    if with_dt:
+        stacked.append(s.weights * (-1j * (e[:, None] - e[None, :])))
+    stacked = jnp.concatenate([m.astype(ctype) for m in stacked], axis=0)
+
+    # ---- expensive set: dX(t) = W (dH~ o F(t)) C + U(t) dC + dt (-i H) X, plus the rho_s(0) term ----
+    expensive = config.reservoir_entropies
+    dfactor_eig = y0 = y0d = None
+    if expensive:
+        if not all(_is_zero(d) for d in dsqrt):
+            dsq = tuple(_zero_if_symbolic(d, q) for d, q in zip(dsqrt, sqrt_eqs))
+            _, dfull = jax.jvp(lambda sq: _kron_all([s.system_factor] + list(sq)), (tuple(sqrt_eqs),), (dsq,))
+            dfactor_eig = wd @ dfull.astype(ctype)
+        if not _is_zero(drho_system):
+            # U (drho_s (x) sigma) U^dag = Z Y^dag with Y = U (1 (x) S), Z = U (drho_s (x) S), S S = sigma:
+            # linear in drho_s even where the rank-truncated factor of rho_s(0) cannot follow it.
+            s_res = _kron_all(list(sqrt_eqs))
+            y0 = wd @ jnp.kron(jnp.eye(d_s, dtype=ctype), s_res.astype(ctype))
+            y0d = wd @ jnp.kron(drho_system.astype(ctype), s_res.astype(ctype))
+    expensive_tangent = expensive and (dh_eig is not None or dfactor_eig is not None or with_dt or y0 is not None)
+
+    def tangent_at(t_dt):
+        t, dt = t_dt
+        cos, sin = jnp.cos(e * t), jnp.sin(e * t)
+        parts = expectation_at(e, stacked, t)
+        dvalues = parts[:n_obs]
+        if m2 is not None:
+            dvalues = dvalues + t * parts[n_obs:2 * n_obs] + t**2 * parts[2 * n_obs:3 * n_obs]
+        if with_dt:
+            dvalues = dvalues + dt * parts[-n_obs:]
+        result = {"values": dvalues}
+        if not expensive_tangent:
+            return result
+        phi = jax.lax.complex(cos, -sin)
+        w_phi = w * phi
+        x = propagate_factor(Spectrum(e, w), s.factor_eig, t)
+        dx = jnp.zeros_like(x)
+        if dh_eig is not None:
+            mean = (e[:, None] + e[None, :]) * (t / 2)
+            half_gap = (e[:, None] - e[None, :]) * (t / 2)
+            # (phi_a - phi_c) / (E_a - E_c) = -i t exp(-i (E_a + E_c) t / 2) sinc((E_a - E_c) t / 2): no cancellation.
+            divided = -1j * t * jnp.exp(-1j * mean) * jnp.sinc(half_gap / jnp.pi)
+            dx = dx + w @ ((dh_eig * divided) @ s.factor_eig)
+        if dfactor_eig is not None:
+            dx = dx + w_phi @ dfactor_eig
+        if with_dt:
+            dx = dx + dt * ((w * (-1j * e * phi)) @ s.factor_eig)
+        if y0 is not None:
+            y, z = w_phi @ y0, w_phi @ y0d
+
+        def entropy_tangent(rho_t, pair):
+            d = pair(dx, x)
+            d = d + d.conj().T
+            if y0 is not None:
+                d = d + pair(z, y)
+            return jax.jvp(von_neumann_entropy, (rho_t,), (d,))[1]
+
+        n_res = len(dims) - 1
+        result["reservoir_entropy"] = jnp.stack([
+            entropy_tangent(reduced_from_factor(x, dims, r + 1),
+                            lambda a, b, r=r: _reduced_pair(a, b, dims, r + 1))
+            for r in range(n_res)
+        ])
+        if n_res > 1:
+            result["joint_reservoir_entropy"] = entropy_tangent(
+                reservoirs_from_factor(x, d_s), lambda a, b: _reservoirs_pair(a, b, d_s))
+        return result
+
+    # Checkpointed per time chunk: reverse mode recomputes X(t) instead of storing it for every t.
+    series = jax.lax.map(jax.checkpoint(tangent_at), (times, dtimes),
+                         batch_size=_batch(times.shape[0], config.time_batch_size))
+
+    dtotal = jnp.zeros_like(s.total_energy)
+    if dh_eig is not None:
+        dtotal = dtotal + jnp.real(jnp.sum(dh_eig * rho.T))
+    if drho_eig is not None:
+        dtotal = dtotal + jnp.sum(e * jnp.real(jnp.diagonal(drho_eig)))
+
+    def expensive_out(name):
+        primal = getattr(out, name)
+        if primal is None:
+            return None
+        return series[name] if expensive_tangent else jnp.zeros_like(primal)
+
+    tangent = Series(series["values"].astype(out.values.dtype), dtotal,
+                     expensive_out("reservoir_entropy"), expensive_out("joint_reservoir_entropy"))
+    return out, tangent
+
+
+spectral_series.defjvp(_spectral_series_jvp, symbolic_zeros=True)

@@ -1,0 +1,371 @@
+"""Gradients of every Trajectory field (issue 6).
+
+References:
+* central finite differences in float64 at generic points (step h = 1e-5: truncation error
+  ~ h^2 f''' ~ 1e-10 and rounding ~ eps / h ~ 1e-11 for these O(1) functions, so 1e-7 is a
+  comfortable tolerance);
+* at exact degeneracies, jax derivatives of an independent dense propagation
+  ``rho(t) = U rho0 U^dag`` with ``U = jax.scipy.linalg.expm(-i H t)``, Gibbs states from
+  ``expm``, dense partial traces and eigenvalue-only entropies -- no eigenvectors of ``H``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.scipy.linalg import expm
+
+import qep_jax
+from qep_jax._evolve import _evolve_kernel
+
+from ._reference import dense_reference, random_density_matrix, random_hermitian
+
+N_LEVELS = 5
+TIMES = jnp.array([0.0, 1.3, 4.0])
+STEP = 1e-5
+
+
+def _weights(field_values, salt):
+    """Fixed pseudo-random weights so a field's gradient is not a sum that could cancel."""
+    n = field_values.size
+    return jnp.cos(jnp.arange(1, n + 1) * (1.7 + salt)).reshape(field_values.shape)
+
+
+def _functionals(fields: dict) -> jnp.ndarray:
+    """One scalar per field: a fixed weighted sum of its (real parts of) entries."""
+    names = sorted(fields)
+    return jnp.stack([jnp.sum(_weights(fields[k], i) * jnp.real(fields[k])) for i, k in enumerate(names)])
+
+
+def _field_names(fields: dict) -> list[str]:
+    return sorted(fields)
+
+
+def _central_difference(f, p, step=STEP):
+    cols = [(f(p + step * e) - f(p - step * e)) / (2 * step) for e in jnp.eye(p.shape[0], dtype=p.dtype)]
+    return jnp.stack(cols, axis=-1)
+
+
+def _trajectory_fields(traj) -> dict:
+    out = traj.fields()
+    out.pop("times")
+    return out
+
+
+# ---------------------------------------------------------------- spin-GORM (lambda, Delta, beta)
+
+
+def _spin_gorm_fields(params, x, times=TIMES, n_levels=N_LEVELS):
+    lam, delta, beta = params
+    model = qep_jax.SpinGORM(n_levels, delta, lam, beta)
+    return _trajectory_fields(qep_jax.evolve(model.open_system(x), times))
+
+
+@pytest.fixture(scope="module")
+def goe_matrix():
+    return qep_jax.goe(jax.random.key(7), N_LEVELS)
+
+
+def _weighted(fields):
+    return _functionals(fields) @ jnp.arange(1.0, len(fields) + 1)
+
+
+# Compiled once and shared by the tests below (compile time dominates this file).
+spin_values = jax.jit(_spin_gorm_fields)
+spin_jacobian = jax.jit(jax.jacfwd(_spin_gorm_fields))  # every entry of every field, d/d(lambda, Delta, beta)
+spin_gradient = jax.jit(jax.grad(lambda p, x: _weighted(_spin_gorm_fields(p, x))))
+
+
+def test_spin_gorm_every_field_matches_central_differences(goe_matrix):
+    params = jnp.array([0.3, 0.37, 2.0])
+    jac = spin_jacobian(params, goe_matrix)
+    assert len(jac) == 15
+    for name in jac:
+        fd = _central_difference(lambda p: spin_values(p, goe_matrix)[name], params)
+        np.testing.assert_allclose(jac[name], fd, atol=1e-7, rtol=1e-6, err_msg=name)
+    # reverse mode (the transposed rule) agrees with forward mode
+    weights = jnp.arange(1.0, len(jac) + 1)
+    forward = jnp.stack([jnp.sum(_weights(spin_values(params, goe_matrix)[k], i)[..., None] * jnp.real(jac[k]),
+                                 axis=tuple(range(jac[k].ndim - 1))) for i, k in enumerate(sorted(jac))])
+    np.testing.assert_allclose(spin_gradient(params, goe_matrix), weights @ forward, rtol=1e-10)
+
+
+def test_ensemble_mean_gradient_matches_central_differences(key):
+    times = jnp.array([0.5, 3.0])
+
+    def f(p):
+        model = qep_jax.SpinGORM(4, p[1], p[0], p[2])
+        traj = model.simulate(key, times, 2, batch_size=1, reservoir_entropies=False)
+        return _functionals({k: jnp.mean(v, axis=0) for k, v in _trajectory_fields(traj).items()})
+
+    params = jnp.array([0.25, 0.3, 1.5])
+    weights = jnp.arange(1.0, 12.0)  # the 11 fields without reservoir entropies
+    np.testing.assert_allclose(jax.jit(jax.grad(lambda p: f(p) @ weights))(params),
+                               _central_difference(f, params).T @ weights, rtol=1e-7, atol=1e-7)
+
+
+# ---------------------------------------------------------------- OpenSystem entries, K = 1 and 2
+
+
+def _open_system_case(n_res, seed, *, pure=False):
+    rng = np.random.default_rng(seed)
+    d_s, d_r = 2, 3
+    dims = (d_s,) + (d_r,) * n_res
+    total = int(np.prod(dims))
+    base = dict(
+        h_system=random_hermitian(rng, d_s),
+        h_reservoirs=[random_hermitian(rng, d_r) for _ in range(n_res)],
+        betas=np.linspace(0.7, 1.4, n_res),
+        coupling=random_hermitian(rng, total, scale=0.4),
+        rho_system=random_density_matrix(rng, d_s, pure=pure),
+    )
+    tangent_rho = random_hermitian(rng, d_s)
+    direction = dict(
+        h_system=random_hermitian(rng, d_s),
+        h_reservoirs=[random_hermitian(rng, d_r) for _ in range(n_res)],
+        betas=rng.normal(size=n_res),
+        coupling=random_hermitian(rng, total),
+        rho_system=tangent_rho - np.trace(tangent_rho) * np.eye(d_s) / d_s,  # keeps unit trace
+    )
+    return jax.tree_util.tree_map(jnp.asarray, base), jax.tree_util.tree_map(jnp.asarray, direction)
+
+
+def _along(base, direction, eps):
+    shifted = jax.tree_util.tree_map(lambda b, d: b + eps * d, base, direction)
+    return qep_jax.OpenSystem(**shifted)
+
+
+OPEN_TIMES = jnp.array([0.0, 0.9, 2.5])
+
+
+def _open_functionals(eps, base, direction, times=OPEN_TIMES):
+    return _functionals(_trajectory_fields(qep_jax.evolve(_along(base, direction, eps), times)))
+
+
+open_values = jax.jit(_open_functionals)
+open_derivative = jax.jit(jax.jacfwd(_open_functionals))  # d/d eps of every field functional
+open_gradient = jax.jit(jax.grad(lambda p: _weighted(_trajectory_fields(qep_jax.evolve(qep_jax.OpenSystem(**p),
+                                                                                         OPEN_TIMES)))))
+
+
+@pytest.mark.parametrize("n_res", [1, 2])
+def test_open_system_every_field_directional_derivative(n_res):
+    base, direction = _open_system_case(n_res, seed=10 + n_res)
+    forward = open_derivative(0.0, base, direction)
+    assert forward.shape == (15,)  # K = 2 has no eq. 25 but the inter-reservoir correlation instead
+    fd = (open_values(STEP, base, direction) - open_values(-STEP, base, direction)) / (2 * STEP)
+    np.testing.assert_allclose(forward, fd, atol=1e-7, rtol=1e-6)
+    # reverse mode: gradient with respect to every entry of every input, contracted with the direction
+    # (jax.grad of a real function of complex z returns df/dx - i df/dy, so df = Re sum(grad * dz)).
+    grads = open_gradient(base)
+    contracted = sum(jnp.real(jnp.sum(g * d)) for g, d in
+                     zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(direction)))
+    np.testing.assert_allclose(contracted, forward @ jnp.arange(1.0, 16.0), rtol=1e-9)
+
+
+# ---------------------------------------------------------------- independent dense expm reference
+
+
+def _partial_trace(rho, dims, keep):
+    n = len(dims)
+    tensor = rho.reshape(tuple(dims) * 2)
+    rows = list(range(n))
+    cols = [n + i if i in keep else i for i in range(n)]
+    out = list(keep) + [n + i for i in keep]
+    d = int(np.prod([dims[k] for k in keep]))
+    return jnp.einsum(tensor, rows + cols, out).reshape(d, d)
+
+
+def _kron_all(mats):
+    return functools.reduce(jnp.kron, mats)
+
+
+def _gibbs(h, beta):
+    g = expm(-beta * h)
+    return g / jnp.trace(g)
+
+
+def dense_fields(h_s, h_rs, betas, coupling, rho_s0, times):
+    """Every Trajectory field from the dense state, differentiable, without eigenvectors of H."""
+    vn, rel = qep_jax.von_neumann_entropy, qep_jax.relative_entropy
+    dims = (h_s.shape[0],) + tuple(h.shape[0] for h in h_rs)
+    n_res = len(h_rs)
+    eye = [jnp.eye(d) for d in dims]
+    embed = lambda op, k: _kron_all([op if i == k else eye[i] for i in range(len(dims))])  # noqa: E731
+    h = embed(h_s, 0) + coupling + sum(embed(hr, r + 1) for r, hr in enumerate(h_rs))
+    eqs = [_gibbs(hr, b) for hr, b in zip(h_rs, betas)]
+    rho0 = _kron_all([rho_s0] + eqs)
+    energy0 = jnp.stack([jnp.real(jnp.trace(hr @ e)) for hr, e in zip(h_rs, eqs)])
+    log_z = sum(jnp.log(jnp.real(jnp.trace(expm(-b * hr)))) for hr, b in zip(h_rs, betas))
+    s0 = vn(rho_s0)
+    rho_s_eq = _gibbs(h_s, betas[0])
+
+    def at(t):
+        u = expm(-1j * t * h.astype(complex))
+        rho = u @ rho0 @ u.conj().T
+        rho_s = _partial_trace(rho, dims, (0,))
+        rho_rs = [_partial_trace(rho, dims, (r + 1,)) for r in range(n_res)]
+        rho_res = _partial_trace(rho, dims, tuple(range(1, n_res + 1)))
+        s, s_tot = vn(rho_s), vn(rho)
+        s_r = jnp.stack([vn(x) for x in rho_rs])
+        e_r = jnp.stack([jnp.real(jnp.trace(hr @ x)) for hr, x in zip(h_rs, rho_rs)])
+        heat = energy0 - e_r
+        flow = heat @ jnp.asarray(betas)
+        out = dict(
+            system_state=rho_s, system_entropy=s, system_energy=jnp.real(jnp.trace(h_s @ rho_s)),
+            interaction_energy=jnp.real(jnp.trace(coupling @ rho)), reservoir_energy=e_r, heat=heat,
+            # eq. 10 as -S(rho) - Tr rho ln(rho_s (x) prod rho_r^eq) with ln rho_r^eq = -beta_r H_r - ln Z_r
+            # written out densely (no support threshold, which would drop tiny eigenvalues of rho_s).
+            entropy_flow=flow, entropy_production=-s_tot + s + jnp.sum(jnp.asarray(betas) * e_r) + log_z,
+            entropy_production_balance=s - s0 - flow, reservoir_entropy=s_r,
+            mutual_information=s + vn(rho_res) - s_tot, correlation_entropy=s_tot - s - jnp.sum(s_r),
+            reservoir_relative_entropy=jnp.stack([rel(x, e) for x, e in zip(rho_rs, eqs)]),
+        )
+        if n_res == 1:
+            out["entropy_production_open"] = rel(rho_s0, rho_s_eq) - rel(rho_s, rho_s_eq)
+        else:
+            out["inter_reservoir_correlation"] = jnp.sum(s_r) - vn(rho_res)
+        return out
+
+    fields = jax.lax.map(at, jnp.asarray(times))
+    fields["total_entropy"] = vn(rho0)
+    return fields
+
+
+def _spin_gorm_dense(params, x, times=TIMES, n_levels=N_LEVELS):
+    lam, delta, beta = params
+    model = qep_jax.SpinGORM(n_levels, delta, lam, beta)
+    s = model.open_system(x)
+    return dense_fields(s.h_system, list(s.h_reservoirs), s.betas, s.coupling, s.rho_system, times)
+
+
+dense_spin_jacobian = jax.jit(jax.jacfwd(_spin_gorm_dense))
+
+SPACING = 1.0 / (N_LEVELS - 1)
+DEGENERATE_POINTS = [
+    (0.0, SPACING, 2.0),  # lambda = 0 and Delta = level spacing: |1,e_k> and |0,e_k+1> degenerate
+    (1e-6, SPACING, 2.0),  # nearly degenerate: splitting ~ 1e-7, Taylor branch of the rule
+    (1e-4, SPACING, 2.0),  # nearly degenerate: splitting ~ 1e-5, divided-difference branch
+    (0.0, 0.37, 2.0),  # lambda = 0 at a generic Delta
+    (0.2, SPACING, 2.0),  # Delta on the level spacing at finite coupling
+]
+
+
+@pytest.mark.parametrize("params", [(0.3, 0.37, 2.0), (0.0, SPACING, 2.0)])
+def test_values_agree_with_dense_reference(goe_matrix, params):
+    """The rule changes derivatives only: values equal the dense numpy reference, also at a degenerate point."""
+    lam, delta, beta = params
+    s = qep_jax.SpinGORM(N_LEVELS, delta, lam, beta).open_system(goe_matrix)
+    ref = dense_reference(*(np.asarray(a) for a in (s.h_system,)), [np.asarray(s.h_reservoirs[0])],
+                          np.asarray(s.betas), np.asarray(s.coupling), np.asarray(s.rho_system), np.asarray(TIMES))
+    ref["total_entropy"] = np.asarray(ref["total_entropy"])
+    ours = spin_values(jnp.array(params), goe_matrix)
+    for k in ours:
+        np.testing.assert_allclose(ours[k], ref[k], atol=1e-10, err_msg=k)
+
+
+@pytest.mark.parametrize("params", DEGENERATE_POINTS)
+def test_degenerate_points_match_expm_reference(goe_matrix, params):
+    params = jnp.array(params)
+    jac = spin_jacobian(params, goe_matrix)
+    ref = dense_spin_jacobian(params, goe_matrix)
+    for name in jac:
+        assert np.all(np.isfinite(jac[name])), name
+        # Both are derivatives of D = 10 dense computations: they differ by rounding, 1e-8 absolute.
+        np.testing.assert_allclose(jac[name], ref[name], atol=1e-8, rtol=1e-7, err_msg=name)
+
+
+def test_fully_degenerate_open_system_matches_expm_reference():
+    """H_s = 0, H_r with a degenerate pair, V = 0: derivative along (dH_s, dH_r, dbeta, dV, drho_s).
+
+    rho_s(0) is mixed here: at a pure state the derivative of an entropy along a direction that
+    populates an empty level is infinite and each finite convention differs (docs/gradients.md)."""
+    _, direction = _open_system_case(1, seed=3)
+    base = dict(h_system=jnp.zeros((2, 2), complex), h_reservoirs=[jnp.diag(jnp.array([0.0, 0.5, 0.5], complex))],
+                betas=jnp.array([1.2]), coupling=jnp.zeros((6, 6), complex),
+                rho_system=jnp.diag(jnp.array([0.8, 0.2], complex)))
+    times = OPEN_TIMES
+
+    def ref(eps):
+        s = _along(base, direction, eps)
+        return _functionals(dense_fields(s.h_system, list(s.h_reservoirs), s.betas, s.coupling, s.rho_system, times))
+
+    ours = open_derivative(0.0, base, direction)
+    assert np.all(np.isfinite(ours))
+    np.testing.assert_allclose(ours, jax.jit(jax.jacfwd(ref))(0.0), atol=1e-8, rtol=1e-7)
+    grads = open_gradient(base)
+    contracted = sum(jnp.real(jnp.sum(g * d)) for g, d in
+                     zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(direction)))
+    np.testing.assert_allclose(contracted, ours @ jnp.arange(1.0, 16.0), rtol=1e-9)
+
+
+# ---------------------------------------------------------------- t = 0 and pure states
+
+
+def test_time_zero_and_pure_state(goe_matrix):
+    """At t = 0 with the pure spin state: D_iS = I = D[rho_r||rho_r^eq] = Q = 0 for every parameter,
+    so their gradients vanish; S(0) = 0 (0 ln 0 = 0) with a zero gradient; everything finite."""
+    params = jnp.array([0.3, 0.37, 2.0])
+    values = spin_values(params, goe_matrix)
+    jac = spin_jacobian(params, goe_matrix)
+    for name in jac:
+        assert np.all(np.isfinite(jac[name])), name
+    for name in ["entropy_production", "entropy_production_balance", "entropy_production_open",
+                 "mutual_information", "correlation_entropy", "reservoir_relative_entropy", "heat",
+                 "entropy_flow", "system_entropy"]:
+        np.testing.assert_allclose(values[name][0], 0.0, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(jac[name][0], 0.0, atol=1e-10, err_msg=name)
+
+
+def test_pure_state_derivative_with_respect_to_rho_s():
+    """At rho_s(0) = |0><0| the derivative along diag(-1, 1) (into the state space) is finite; the
+    quantities linear in rho_s(0) match a one-sided difference (exact for linear functions)."""
+    base, direction = _open_system_case(1, seed=5)
+    base = dict(base, rho_system=jnp.diag(jnp.array([1.0, 0.0], complex)))
+    zero = jax.tree_util.tree_map(jnp.zeros_like, direction)
+    direction = dict(zero, rho_system=jnp.diag(jnp.array([-1.0, 1.0], complex)))
+    d = open_derivative(0.0, base, direction)
+    assert np.all(np.isfinite(d))
+    one_sided = (open_values(1e-6, base, direction) - open_values(0.0, base, direction)) / 1e-6
+    names = sorted(_trajectory_fields(qep_jax.evolve(_along(base, direction, 0.0), OPEN_TIMES)))
+    for i, name in enumerate(names):
+        if name in ("heat", "interaction_energy", "reservoir_energy", "system_energy", "system_state"):
+            np.testing.assert_allclose(d[i], one_sided[i], atol=1e-8, err_msg=name)
+
+
+# ---------------------------------------------------------------- transformations
+
+
+def _sigma_z_loss(params, x):
+    lam, delta = params
+    traj = qep_jax.evolve(qep_jax.SpinGORM(N_LEVELS, delta, lam, 2.0).open_system(x), TIMES,
+                          reservoir_entropies=False)
+    sz = jnp.real(traj.system_state[:, 1, 1] - traj.system_state[:, 0, 0])
+    return jnp.sum(sz**2) + jnp.sum(traj.entropy_production)
+
+
+def test_jit_grad_equals_grad_and_vmap_equals_loop(goe_matrix):
+    points = jnp.array([[0.3, 0.37], [0.0, SPACING], [1e-6, SPACING]])
+    grad = jax.grad(_sigma_z_loss)
+    looped = jnp.stack([grad(p, goe_matrix) for p in points])
+    jitted = jnp.stack([jax.jit(grad)(p, goe_matrix) for p in points])
+    vmapped = jax.vmap(grad, in_axes=(0, None))(points, goe_matrix)
+    assert np.all(np.isfinite(looped))
+    np.testing.assert_allclose(jitted, looped, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(vmapped, looped, rtol=1e-10, atol=1e-12)
+
+
+def test_checkpoint_does_not_change_gradients(goe_matrix):
+    def loss(p, checkpoint):
+        model = qep_jax.SpinGORM(N_LEVELS, p[1], p[0], 2.0)
+        traj = _evolve_kernel(model.open_system(goe_matrix), TIMES, reservoir_entropies=False, time_batch_size=2,
+                              system_rank=1, checkpoint=checkpoint)
+        return jnp.sum(traj.entropy_production) + jnp.sum(traj.interaction_energy)
+
+    p = jnp.array([0.3, 0.37])
+    with_checkpoint = jax.jit(jax.grad(loss), static_argnums=1)
+    np.testing.assert_allclose(with_checkpoint(p, True), with_checkpoint(p, False), rtol=1e-12)
