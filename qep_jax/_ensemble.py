@@ -211,7 +211,9 @@ def _chunk_function(mesh: Mesh, n_levels: int, quantities: tuple, entropies: boo
 
     def local(model, key, times, indices):
         def one(i):
-            x = goe(jax.random.fold_in(key, i), n_levels, dtype=model.dtype)
+            # Drawn at JAX's default float (float64 with x64) and then cast, so a float32 run uses
+            # the same GOE matrices as a float64 run and precisions can be compared realization-wise.
+            x = goe(jax.random.fold_in(key, i), n_levels).astype(model.dtype)
             traj = _evolve_kernel(model.open_system(x), times, reservoir_entropies=entropies,
                                   time_batch_size=time_batch, system_rank=1)
             return {q: QUANTITIES[q].extract(traj) for q in quantities}
