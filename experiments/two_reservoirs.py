@@ -71,7 +71,8 @@ def main():
     disp = runs["reservoir_relative_entropy"]
     identity = np.max(np.abs(mutual + inter + disp.sum(-1) - d_is))
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
+    fig.subplots_adjust(wspace=0.4)
     m_q1, se_q1 = _common.band(axes[0], t, heat[..., 0], r"$Q_{hot}$ (into spin)")
     m_q2, se_q2 = _common.band(axes[0], t, heat[..., 1], r"$Q_{cold}$ (into spin)")
     axes[0].set_ylabel("heat (energy units)")
