@@ -353,9 +353,15 @@ def run_to_file(
     if completed:
         report(f"resuming: {sum(c.stop - c.start for c in completed)} of {n_realizations} realizations "
                f"loaded from {store.directory}.")
+    # Multi-host: every process computes and gathers every chunk; only process 0 writes, so the
+    # output must be on storage all hosts see (they all read the parts when resuming).
+    import jax
+
+    writer = jax.process_index() == 0
     result = run_ensemble(model, times, n_realizations, seed=seed, quantities=quantities,
-                          keep_realizations=keep_realizations, completed=completed, on_chunk=store.save,
-                          **runner_kwargs)
-    write_run(output, result)
-    store.remove()
+                          keep_realizations=keep_realizations, completed=completed,
+                          on_chunk=store.save if writer else None, **runner_kwargs)
+    if writer:
+        write_run(output, result)
+        store.remove()
     return result, False

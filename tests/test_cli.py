@@ -163,3 +163,42 @@ def test_info_and_module_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "qep_jax", "run", "--n-levels", "1"], capture_output=True,
                           text=True, env=env, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_resume_after_kill_9_gives_identical_file(tmp_path, monkeypatch, capsys):
+    import json
+    import time
+
+    import h5py
+
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--n-levels", "16", "--t-max", "30", "--n-times", "64", "--realizations", "40", "--seed", "5",
+            "--quantities", "entropy_production,mutual_information", "--chunk-size", "1", "--no-figure",
+            "--quiet"]
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "qep_jax", *args, "--output", "killed.h5"], env=env,
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = tmp_path / "killed.h5.parts" / "manifest.json"
+    deadline = time.monotonic() + 120
+    n_parts = 0
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if manifest.exists():
+                n_parts = len(json.loads(manifest.read_text())["parts"])
+                if n_parts >= 1:
+                    break
+            time.sleep(0.005)
+    finally:
+        proc.kill()  # SIGKILL: no cleanup handlers run
+        proc.wait()
+    assert 1 <= n_parts < 40, "the run finished before it could be killed; make it longer"
+    assert not (tmp_path / "killed.h5").exists()
+    code, out, err = _main([*args, "--output", "killed.h5"], capsys)
+    assert code == 0, err
+    code, _, err = _main([*args, "--output", "clean.h5"], capsys)
+    assert code == 0, err
+    with h5py.File("killed.h5") as a, h5py.File("clean.h5") as b:
+        assert sorted(a) == sorted(b)
+        for name in a:
+            np.testing.assert_array_equal(a[name][()], b[name][()])
+        assert a.attrs["parameters_hash"] == b.attrs["parameters_hash"]
