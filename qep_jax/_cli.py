@@ -51,21 +51,25 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}; see '{self.prog} --help'.")
 
 
-def _positive_int(text):
+def _int(text) -> int:
+    # Config files give typed values: refuse 5.5 and true instead of truncating them.
+    if isinstance(text, bool) or (isinstance(text, float) and not text.is_integer()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
     try:
-        value = int(text)
+        return int(text)
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _positive_int(text):
+    value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
     return value
 
 
 def _nonnegative_int(text):
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
     return value
@@ -174,7 +178,9 @@ def _read_config(path: str) -> dict:
             try:
                 if name == "times" and isinstance(value, list):
                     value = ",".join(str(v) for v in value)
-                config[name] = conv(value) if name != "quantities" else conv(value)
+                if isinstance(value, bool) and name not in ("output", "figure"):
+                    raise argparse.ArgumentTypeError("must not be true/false")
+                config[name] = conv(value)
             except argparse.ArgumentTypeError as err:
                 raise UsageError(f"config {path}: {key} = {value!r}: {err}.") from None
         elif name in FLAGS:

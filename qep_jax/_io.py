@@ -72,7 +72,8 @@ def _differences(old: dict, new: dict) -> str:
     for k in keys[:4]:
         a, b = old.get(k), new.get(k)
         if k == "times":
-            a, b = f"{len(a or [])} points", f"{len(b or [])} points" if len(a or []) != len(b or []) else "other values"
+            a, b = (f"{len(a or [])} points", f"{len(b or [])} points") if len(a or []) != len(b or []) \
+                else ("a time grid", "another grid of equal length")
         parts.append(f"{k} {a} -> {b}")
     return "; ".join(parts) or "format"
 

@@ -119,7 +119,10 @@ def test_bad_config_files(tmp_path, monkeypatch, capsys):
     (tmp_path / "a.toml").write_text("n_levles = 5\n")
     (tmp_path / "b.toml").write_text("n_levels = [\n")
     (tmp_path / "c.toml").write_text("beta = 'hot'\n")
-    for name, fragment in (("a", "unknown key 'n_levles'"), ("b", "not valid TOML"), ("c", "not a number")):
+    (tmp_path / "d.toml").write_text("realizations = 5.5\n")
+    (tmp_path / "e.toml").write_text("quiet = 1\n")
+    for name, fragment in (("a", "unknown key 'n_levles'"), ("b", "not valid TOML"), ("c", "not a number"),
+                           ("d", "not an integer"), ("e", "true or false")):
         code, _, err = _main(["run", "--config", f"{name}.toml"], capsys)
         assert code == 2 and fragment in err and err.count("\n") == 1
 
