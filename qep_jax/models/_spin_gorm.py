@@ -66,10 +66,10 @@ class SpinGORM:
                 if arr.shape != () or not np.isrealobj(arr):
                     raise InputError(f"{name}={value!r} must be a real scalar.")
                 check_finite(name, arr)
-        real = jnp.result_type(float)
         object.__setattr__(self, "n_levels", int(n_levels))
+        # Python numbers take JAX's default float; NumPy/JAX float32 scalars keep float32.
         for name, value in params.items():
-            object.__setattr__(self, name, jnp.asarray(value, dtype=jnp.result_type(value, real)))
+            object.__setattr__(self, name, jnp.asarray(value, dtype=jnp.result_type(value, float)))
 
     def __setattr__(self, name, value):
         raise AttributeError("SpinGORM is immutable; build a new one.")
@@ -153,7 +153,7 @@ class SpinGORM:
             raise InputError(f"n_realizations={n_realizations!r} must be a positive int.")
         if not isinstance(first_realization, (int, np.integer)) or first_realization < 0:
             raise InputError(f"first_realization={first_realization!r} must be a non-negative int.")
-        times = check_times(times)
+        times = check_times(times, self.dtype)
         warn_if_float32(self.dtype)
         dims = (2, self.n_levels)
         itemsize = jnp.finfo(self.dtype).bits // 8
