@@ -26,7 +26,8 @@ def main():
     ap.add_argument("--beta", type=float, default=2.0)
     ap.add_argument("--realizations", type=int, default=100)
     ap.add_argument("--t-max", type=float, default=300.0)
-    ap.add_argument("--n-times", type=int, default=61)
+    ap.add_argument("--n-times", type=int, default=41)
+    ap.add_argument("--batch-size", type=int, default=10, help="realizations evaluated together")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args()
@@ -39,7 +40,7 @@ def main():
     data, summary = {"times": t}, {"parameters": vars(args), "per_n": {}}
     for color, n in zip(colors, args.n_levels):
         model = qep_jax.SpinGORM(n_levels=n, delta=args.delta, coupling_strength=args.coupling, beta=args.beta)
-        traj = model.simulate(jax.random.fold_in(key, n), times, args.realizations)
+        traj = model.simulate(jax.random.fold_in(key, n), times, args.realizations, batch_size=args.batch_size)
         mutual = np.asarray(traj.mutual_information)
         displacement = np.asarray(traj.reservoir_relative_entropy[..., 0])
         total = np.asarray(traj.entropy_production)
