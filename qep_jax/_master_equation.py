@@ -367,8 +367,9 @@ def shell_prediction(model: SpinGORM, times, *, prefactor=SPECTRUM_PREFACTOR) ->
     (``q/p = 1 + f e^{-beta Delta}`` on ``[-1/2, -1/2+Delta)``, ``1 - f + f e^{-beta Delta}`` in the
     middle, ``1 - f`` on ``(1/2-Delta, 1/2]``, ``f = p_up / P_pair``), this also gives the reservoir
     displacement ``D[rho_r||rho_r^eq] = sum_regions P_region g(q/p)``, ``g(x) = x ln x``, and the mutual
-    information ``D_iS - displacement``. It does not predict coherences, ``<V>_t``, or anything of a
-    single realization.
+    information ``D_iS - displacement``. The exact ``rho_r`` keeps coherences inside each decay window,
+    so this displacement is a lower bound (and the mutual information an upper bound) on the exact
+    ensemble values. It does not predict coherences, ``<V>_t``, or anything of a single realization.
 
     Args:
         model: :class:`qep_jax.SpinGORM` (region weights summed over its ``N`` levels).
