@@ -196,13 +196,16 @@ def peer_available(name: str) -> bool:
     return module is None or importlib.util.find_spec(module) is not None
 
 
-def run_configs(configs: list[dict], *, in_process: bool, timeout_s: float = 3600.0, log=print) -> list[dict]:
-    """Run benchmark configurations: one fresh subprocess per route (default) or all in this process.
+def run_configs(configs: list[dict], *, in_process: bool, timeout_s: float = 600.0, retries: int = 1,
+                log=print) -> list[dict]:
+    """Run benchmark configurations, each in a fresh subprocess (default) or all in this process.
 
-    Configurations of one route run in one process in the given order (callers sort them by
-    size), so the process's running peak RSS after each one is that configuration's own peak;
-    ``baseline_rss_mib`` is the peak before its timed work. In-process runs (smoke tests) record
-    no memory. A failing or timed-out configuration is returned with an ``error`` field.
+    A fresh process per configuration makes its peak RSS (``ru_maxrss``) its own;
+    ``baseline_rss_mib`` is the peak before the timed work (interpreter, libraries, set-up), so
+    ``peak - baseline`` is what the computation added. A configuration that fails or exceeds
+    ``timeout_s`` is retried ``retries`` times (XLA's CPU runtime was seen to hang, rarely, in a
+    repeated call), then returned with an ``error`` field. In-process runs (smoke tests) record
+    no memory.
     """
     results: list[dict] = []
     if in_process:
@@ -213,24 +216,23 @@ def run_configs(configs: list[dict], *, in_process: bool, timeout_s: float = 360
             log(_summary(result))
             results.append(result)
         return results
-    groups: dict[str, list[dict]] = {}
-    for config in configs:
-        groups.setdefault(config["route"], []).append(config)
     env = dict(os.environ, **THREAD_ENV)
-    for route, group in groups.items():
-        cmd = [sys.executable, str(HERE / "_worker.py"), json.dumps(group)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
-            stdout, why = proc.stdout, f"exit {proc.returncode}: " + " | ".join(
-                proc.stderr.strip().splitlines()[-2:])
-        except subprocess.TimeoutExpired as exc:
-            stdout, why = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), \
-                f"timeout after {timeout_s:.0f} s"
-        done = [json.loads(ln) for ln in stdout.splitlines() if ln.startswith("{")]
-        done += [dict(c, error=why) for c in group[len(done):]]
-        for result in done:
-            log(_summary(result))
-        results += done
+    for config in configs:
+        for attempt in range(retries + 1):
+            cmd = [sys.executable, str(HERE / "_worker.py"), json.dumps(config)]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                result = json.loads(lines[-1]) if lines else dict(
+                    config, error=f"exit {proc.returncode}: " + " | ".join(proc.stderr.strip().splitlines()[-2:]))
+            except subprocess.TimeoutExpired:
+                result = dict(config, error=f"timeout after {timeout_s:.0f} s")
+            if "error" not in result:
+                break
+            log(_summary(result) + (" (retrying)" if attempt < retries else ""))
+        result["attempts"] = attempt + 1
+        log(_summary(result))
+        results.append(result)
     return results
 
 

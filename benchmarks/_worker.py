@@ -2,9 +2,8 @@
 
     python benchmarks/_worker.py '[{"route": "qutip-cheap", "n": 32, "t": 100}, {"route": "qutip-cheap", "n": 64, "t": 100}]'
 
-The runner starts one fresh process per route and gives it that route's configurations in
-increasing size, so the peak RSS read after each one is that configuration's own peak (memory
-grows with the size; ``ru_maxrss`` is the running maximum of the process).
+The runner (``_common.run_configs``) starts one fresh process per configuration, so the peak RSS
+it reports is that configuration's own.
 
 Config keys: ``route`` (a name in ``_routes.ROUTES`` or ``ours-simulate``), ``n``, ``t``, optional
 ``realizations`` (``ours-simulate``), ``repeats`` (default: as many as fit ``budget_s``, at most

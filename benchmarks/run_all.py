@@ -30,7 +30,9 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     scaling_n.main((["--large"] if args.large else []) + ["--out", str(args.out)])
     scaling_batch.main(["--out", str(args.out)])
-    report.main(["--results", str(args.out)])
+    # README.md is only rewritten for the default results folder (its links point there).
+    readme = _common.HERE / "README.md" if args.out.resolve() == _common.RESULTS.resolve() else args.out / "README.md"
+    report.main(["--results", str(args.out), "--readme", str(readme)])
     print(f"run_all finished in {time.perf_counter() - start:.0f} s")
 
 

@@ -84,7 +84,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--large", action="store_true", help="also the large N (minutes more)")
     parser.add_argument("--tiny", action="store_true", help="N = 8, T = 5, one repeat (smoke test)")
     parser.add_argument("--routes", nargs="*", help="subset of routes to run")
+    parser.add_argument("--ns", nargs="*", type=int, help="one list of N for every route (overrides the sets)")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of repeats per configuration")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of an existing scaling_n.json in --out, replacing re-run (route, N, T)")
     parser.add_argument("--in-process", action="store_true", help="no subprocesses (no memory numbers)")
     parser.add_argument("--out", type=Path, default=_common.RESULTS)
     args = parser.parse_args(argv)
@@ -94,6 +97,7 @@ def main(argv=None) -> dict:
     for route, ns in sizes(args).items():
         if args.routes and route not in args.routes:
             continue
+        ns = args.ns or ns
         if not _common.peer_available(route.split("-")[0]):
             print(f"skipping {route}: {route.split('-')[0]} is not installed")
             continue
@@ -103,6 +107,12 @@ def main(argv=None) -> dict:
                 config["repeats"] = 1
             configs.append(config)
     rows = _common.run_configs(configs, in_process=args.in_process)
+    if args.merge and (args.out / "scaling_n.json").exists():
+        import json
+
+        fresh = {(r["route"], r["n"], r["t"]) for r in rows}
+        old = json.loads((args.out / "scaling_n.json").read_text())["rows"]
+        rows = [r for r in old if (r["route"], r["n"], r["t"]) not in fresh] + rows
     payload = {
         "environment": _common.environment(),
         "settings": {"t": n_times, "t_end": _common.T_END, "delta": _common.DELTA,
