@@ -3,7 +3,8 @@
 Realization ``i`` always uses ``goe(fold_in(key(seed), i), N)``, so the numbers depend only on
 the seed and the realization index, never on the chunk size or the number of devices.
 Each chunk is evaluated by one jitted ``shard_map``: the chunk's realization indices are split
-over a 1-D device mesh and every device ``vmap``s the single-realization kernel over its part.
+over a 1-D device mesh and every device ``vmap``s (accelerators) or loops (CPU) the
+single-realization kernel over its part.
 """
 
 from __future__ import annotations
@@ -206,8 +207,15 @@ def _format_bytes(n: float) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _chunk_function(mesh: Mesh, n_levels: int, quantities: tuple, entropies: bool, time_batch: int):
-    """Jitted ``(model, key, times, indices (C,)) -> {q: (C, T[, K])}``, ``indices`` sharded on the mesh."""
+def _chunk_function(mesh: Mesh, n_levels: int, quantities: tuple, entropies: bool, time_batch: int,
+                    vectorize: bool):
+    """Jitted ``(model, key, times, indices (C,)) -> {q: (C, T[, K])}``, ``indices`` sharded on the mesh.
+
+    ``vectorize``: ``vmap`` the device's realizations (accelerators) or loop over them with
+    ``lax.map`` (CPU: LAPACK works matrix by matrix anyway, and with jax/jaxlib 0.10.2 the vmapped
+    kernel intermittently deadlocked in XLA's CPU runtime, with several host devices and once
+    with one; the looped kernel did not).
+    """
 
     def local(model, key, times, indices):
         def one(i):
@@ -218,7 +226,7 @@ def _chunk_function(mesh: Mesh, n_levels: int, quantities: tuple, entropies: boo
                                   time_batch_size=time_batch, system_rank=1)
             return {q: QUANTITIES[q].extract(traj) for q in quantities}
 
-        return jax.vmap(one)(indices)
+        return jax.vmap(one)(indices) if vectorize else jax.lax.map(one, indices)
 
     spec = PartitionSpec(_AXIS)
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), spec),
@@ -325,7 +333,8 @@ def run_ensemble(
 
     mesh = Mesh(np.array(devices), (_AXIS,))
     entropies = any(QUANTITIES[q].needs_reservoir_entropies for q in quantities)
-    fn = _chunk_function(mesh, model.n_levels, quantities, entropies, plan.time_batch_size)
+    vectorize = devices[0].platform != "cpu"
+    fn = _chunk_function(mesh, model.n_levels, quantities, entropies, plan.time_batch_size, vectorize)
     key = jax.random.key(seed)
     times_dev = jnp.asarray(times)
     sharding = NamedSharding(mesh, PartitionSpec(_AXIS))
