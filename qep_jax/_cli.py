@@ -27,7 +27,7 @@ DEFAULTS = {
     "t_max": 200.0,
     "n_times": 101,
     "times": None,
-    "realizations": 32,
+    "realizations": 96,
     "seed": 0,
     "quantities": None,  # the runner's DEFAULT_QUANTITIES
     "precision": "float64",
