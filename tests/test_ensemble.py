@@ -210,7 +210,7 @@ def test_device_count_invariance(model, tmp_path):
         print(json.dumps({{q: res.series[q].tolist() for q in res.series}}))
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", OPENBLAS_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     two = json.loads(proc.stdout.strip().splitlines()[-1])
     one = _run(model, keep_realizations=True)
