@@ -38,6 +38,7 @@ from ._spectral import Spectrum as Spectrum
 from ._spectral import diagonalize as diagonalize
 from ._trajectory import Trajectory as Trajectory
 from .models import SpinGORM as SpinGORM
+from .models import SpinTwoGORM as SpinTwoGORM
 from .protocols import FourierRamp as FourierRamp
 from .protocols import PiecewiseConstant as PiecewiseConstant
 
@@ -59,6 +60,7 @@ __all__ = [
     "InputError",
     "OpenSystem",
     "SpinGORM",
+    "SpinTwoGORM",
     "Spectrum",
     "Trajectory",
     "diagonalize",

@@ -1,0 +1,145 @@
+"""A spin between two GORM reservoirs (hot and cold): the two-reservoir version of eq. 29."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from .._evolve import _evolve_kernel, check_times, warn_if_float32
+from .._open_system import InputError, OpenSystem, _is_concrete, check_finite
+from .._random import goe
+from .._trajectory import Trajectory
+
+_PARAMS = ("delta", "coupling_strength", "beta_hot", "beta_cold")
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class SpinTwoGORM:
+    """Spin coupled to a hot and a cold GOE reservoir (frozen pytree).
+
+    ``H = (delta/2) sigma_z + H_hot + H_cold + coupling_strength sigma_x (x) (R_hot (x) 1 + 1 (x) R_cold)``,
+    ``R_r = X_r / sqrt(8 N)`` with independent :func:`qep_jax.goe` draws, ``H_r = diag(linspace(-1/2, 1/2, N))``,
+    spin initially ``|0>`` (lower level, basis index 0), reservoirs canonical at ``beta_hot``, ``beta_cold``.
+    Total space ``spin (x) hot (x) cold`` (dimension ``2 N^2``).
+
+    Args:
+        n_levels: levels per reservoir ``N >= 2`` (static).
+        delta: spin splitting.
+        coupling_strength: ``lambda`` (same for both reservoirs).
+        beta_hot, beta_cold: inverse temperatures (reservoir 0 and 1 of the :class:`Trajectory`).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, qep_jax
+        >>> jax.config.update("jax_enable_x64", True)
+        >>> model = qep_jax.SpinTwoGORM(n_levels=6, delta=0.25, coupling_strength=0.2, beta_hot=0.5, beta_cold=5.0)
+        >>> traj = model.simulate(jax.random.key(0), jnp.linspace(0, 50, 3), n_realizations=2)
+        >>> traj.heat.shape
+        (2, 3, 2)
+    """
+
+    __slots__ = ("n_levels",) + _PARAMS
+
+    def __init__(self, n_levels: int, delta, coupling_strength, beta_hot, beta_cold):
+        if isinstance(n_levels, bool) or not isinstance(n_levels, (int, np.integer)) or n_levels < 2:
+            raise InputError(f"n_levels={n_levels!r} must be an int >= 2 (levels per reservoir).")
+        values = dict(zip(_PARAMS, (delta, coupling_strength, beta_hot, beta_cold)))
+        for name, value in values.items():
+            if _is_concrete(value):
+                arr = np.asarray(value)
+                if arr.shape != () or not np.isrealobj(arr):
+                    raise InputError(f"{name}={value!r} must be a real scalar.")
+                check_finite(name, arr)
+        real = jnp.result_type(float)
+        object.__setattr__(self, "n_levels", int(n_levels))
+        for name, value in values.items():
+            object.__setattr__(self, name, jnp.asarray(value, dtype=jnp.result_type(value, real)))
+
+    def __setattr__(self, name, value):
+        raise AttributeError("SpinTwoGORM is immutable; build a new one.")
+
+    def tree_flatten_with_keys(self):
+        return [(jax.tree_util.GetAttrKey(n), getattr(self, n)) for n in _PARAMS], self.n_levels
+
+    @classmethod
+    def tree_unflatten(cls, n_levels, children):
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "n_levels", n_levels)
+        for name, value in zip(_PARAMS, children):
+            object.__setattr__(obj, name, value)
+        return obj
+
+    def __repr__(self) -> str:
+        return (f"SpinTwoGORM(n_levels={self.n_levels}, delta={self.delta}, coupling_strength="
+                f"{self.coupling_strength}, beta_hot={self.beta_hot}, beta_cold={self.beta_cold})")
+
+    @property
+    def dtype(self):
+        return jnp.result_type(*(getattr(self, n) for n in _PARAMS))
+
+    def draw(self, key: Array) -> tuple[Array, Array]:
+        """The two GOE matrices ``(x_hot, x_cold)``, each ``(N, N)``, of the realization with key ``key``."""
+        k_hot, k_cold = jax.random.split(key)
+        return goe(k_hot, self.n_levels, dtype=self.dtype), goe(k_cold, self.n_levels, dtype=self.dtype)
+
+    def open_system(self, x_hot: Array, x_cold: Array) -> OpenSystem:
+        """The problem description for one pair of GOE matrices, each ``(N, N)``."""
+        n = self.n_levels
+        for name, x in (("x_hot", x_hot), ("x_cold", x_cold)):
+            if _is_concrete(x) and np.shape(x) != (n, n):
+                raise InputError(f"{name} has shape {np.shape(x)}, expected ({n}, {n}) = (n_levels, n_levels).")
+        dtype = jnp.result_type(self.dtype, x_hot, x_cold)
+        scale = jnp.sqrt(jnp.asarray(8.0 * n, dtype))
+        eye = jnp.eye(n, dtype=dtype)
+        bath = jnp.kron(jnp.asarray(x_hot, dtype) / scale, eye) + jnp.kron(eye, jnp.asarray(x_cold, dtype) / scale)
+        sigma_x = jnp.array([[0.0, 1.0], [1.0, 0.0]], dtype)
+        h_r = jnp.diag(jnp.linspace(-0.5, 0.5, n, dtype=dtype))
+        return OpenSystem(
+            h_system=self.delta / 2 * jnp.diag(jnp.array([-1.0, 1.0], dtype)),
+            h_reservoirs=(h_r, h_r),
+            betas=jnp.stack([self.beta_hot, self.beta_cold]),
+            coupling=self.coupling_strength * jnp.kron(sigma_x, bath),
+            rho_system=jnp.diag(jnp.array([1.0, 0.0], dtype)),
+        )
+
+    def simulate(self, key: Array, times, n_realizations: int, *, reservoir_entropies: bool = True,
+                 batch_size: int = 1, time_batch_size: int | None = None) -> Trajectory:
+        """Evolve ``n_realizations`` realizations; realization ``i`` uses ``self.draw(fold_in(key, i))``.
+
+        Args:
+            key: ``jax.random`` key.
+            times: ``(T,)`` time points.
+            n_realizations: number of realizations.
+            reservoir_entropies: see :func:`qep_jax.evolve`.
+            batch_size: realizations evaluated together (``jax.lax.map``); results do not depend on it.
+                Default 1: with ``batch_size >= 2`` and ``N = 12`` (joint reservoir state 144 x 144) the
+                vmapped kernel hung (threads idle in futex waits) on CPU with jax 0.10.2; small ``N`` works.
+            time_batch_size: time points evaluated together; default all.
+
+        Returns:
+            :class:`Trajectory` with a leading ``(n_realizations,)`` axis (``K = 2``: hot, cold).
+        """
+        for name, value in (("n_realizations", n_realizations), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise InputError(f"{name}={value!r} must be a positive int.")
+        times = check_times(times)
+        warn_if_float32(self.dtype)
+        tbs = times.shape[0] if time_batch_size is None else int(time_batch_size)
+        return _simulate_jit(self, key, times, n_realizations=int(n_realizations),
+                             reservoir_entropies=reservoir_entropies,
+                             batch_size=int(min(batch_size, n_realizations)), time_batch_size=tbs)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("n_realizations", "reservoir_entropies", "batch_size", "time_batch_size")
+)
+def _simulate_jit(model, key, times, *, n_realizations, reservoir_entropies, batch_size, time_batch_size):
+    def one(i):
+        system = model.open_system(*model.draw(jax.random.fold_in(key, i)))
+        return _evolve_kernel(system, times, reservoir_entropies=reservoir_entropies,
+                              time_batch_size=time_batch_size, system_rank=1)
+
+    return jax.lax.map(one, jnp.arange(n_realizations), batch_size=batch_size)
