@@ -86,7 +86,7 @@ def main():
     if args.quick:
         levels, taus, n_train, n_test, iterations, n_steps = (8,), (10.0,), 4, 8, 5, 32
     else:
-        levels, taus, n_train, n_test, iterations, n_steps = (8, 16), (5.0, 20.0), 12, 32, 30, 48
+        levels, taus, n_train, n_test, iterations, n_steps = (8, 16), (5.0, 20.0), 6, 16, 15, 48
     key = jax.random.key(args.seed)
     train_ids = 10_000 + np.arange(n_train)  # disjoint from the evaluation realizations 0..n_test-1
     started = time.time()
