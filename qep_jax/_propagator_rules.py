@@ -53,6 +53,8 @@ from ._spectral import (
 
 # Near/far threshold on |E_a - E_c| * max|t| (see module docstring).
 NEAR_DEGENERATE = 1e-5
+# Checkpoint the per-time-chunk bodies of the derivative rules (read at trace time; benchmarks toggle it).
+CHECKPOINT_TIME_CHUNKS = True
 
 
 class SeriesConfig(NamedTuple):
@@ -385,7 +387,8 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
         return result
 
     # Checkpointed per time chunk: reverse mode recomputes X(t) instead of storing it for every t.
-    series = jax.lax.map(jax.checkpoint(tangent_at), (times, dtimes),
+    body = jax.checkpoint(tangent_at) if CHECKPOINT_TIME_CHUNKS else tangent_at
+    series = jax.lax.map(body, (times, dtimes),
                          batch_size=_batch(times.shape[0], config.time_batch_size))
 
     dtotal = jnp.zeros_like(s.total_energy)
