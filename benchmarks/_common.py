@@ -196,7 +196,7 @@ def peer_available(name: str) -> bool:
     return module is None or importlib.util.find_spec(module) is not None
 
 
-def run_configs(configs: list[dict], *, in_process: bool, timeout_s: float = 600.0, retries: int = 1,
+def run_configs(configs: list[dict], *, in_process: bool, timeout_s: float = 300.0, retries: int = 1,
                 log=print) -> list[dict]:
     """Run benchmark configurations, each in a fresh subprocess (default) or all in this process.
 
