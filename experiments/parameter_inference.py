@@ -66,8 +66,7 @@ def main():
     def ensemble(params):
         """Ensemble-mean <sigma_z>(t) and D_iS(t) ``(2, T)`` for params = (lambda, Delta)."""
         model = qep_jax.SpinGORM(args.n_levels, params[1], params[0], args.beta)
-        # batch_size=1: realizations one at a time under grad (a batched run hung inside XLA on this
-        # CPU, see README 'Parameter inference'); memory stays that of one realization.
+        # batch_size=1: realizations one at a time, so the gradient's memory is that of one realization.
         traj = model.simulate(key, times, args.realizations, reservoir_entropies=False, batch_size=1)
         rho = traj.system_state
         sigma_z = jnp.real(rho[..., 1, 1] - rho[..., 0, 0])
