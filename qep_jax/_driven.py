@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from . import _linalg
+
 from ._entropy import von_neumann_entropy
 from ._evolve import _apply_on_factor, _equilibrium, _system_factor, warn_if_float32
 from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all, check_finite, check_hermitian
@@ -109,7 +111,7 @@ jax.tree_util.register_dataclass(
 @jax.custom_jvp
 def hermitian_propagator(h: Array, dt: Array) -> Array:
     """``exp(-i h dt)`` for Hermitian ``h`` ``(D, D)`` via one ``eigh``; returns complex ``(D, D)``."""
-    energies, vectors = jnp.linalg.eigh(h)
+    energies, vectors = _linalg.eigh(h)
     return (vectors * jnp.exp(-1j * energies * dt)) @ vectors.conj().T
 
 
@@ -117,7 +119,7 @@ def hermitian_propagator(h: Array, dt: Array) -> Array:
 def _hermitian_propagator_jvp(primals, tangents):
     h, dt = primals
     dh, ddt = tangents
-    energies, vectors = jnp.linalg.eigh(h)
+    energies, vectors = _linalg.eigh(h)
     phases = jnp.exp(-1j * energies * dt)
     value = (vectors * phases) @ vectors.conj().T
     # Divided difference (phi_a - phi_b)/(E_a - E_b) = -i dt e^{-i dt (E_a+E_b)/2} sinc(dt (E_a-E_b)/2):

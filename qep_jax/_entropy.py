@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from . import _linalg
+
 
 def _xlogx(x: Array) -> Array:
     """Elementwise ``x ln x`` with ``0`` for ``x <= 0``; mask before the log so the gradient is finite."""
@@ -67,13 +69,13 @@ def von_neumann_entropy(rho: Array) -> Array:
         >>> float(qep_jax.von_neumann_entropy(jnp.eye(2) / 2))  # ln 2
         0.6931...
     """
-    return entropy_from_eigenvalues(jnp.linalg.eigvalsh(rho))
+    return entropy_from_eigenvalues(_linalg.eigvalsh(rho))
 
 
 @von_neumann_entropy.defjvp
 def _von_neumann_entropy_jvp(primals, tangents):
     (rho,), (drho,) = primals, tangents
-    eigenvalues, vectors = jnp.linalg.eigh(rho)
+    eigenvalues, vectors = _linalg.eigh(rho)
     value = entropy_from_eigenvalues(eigenvalues)
     weights = _xlogx_derivative(eigenvalues)
     return value, -jnp.sum(weights * _diagonal_in_basis(vectors, drho), axis=-1)
@@ -121,7 +123,7 @@ def logm_hermitian(a: Array) -> Array:
         >>> qep_jax.logm_hermitian(jnp.diag(jnp.array([1.0, jnp.e])))
         Array([[0., 0.], [0., 1.]], ...)
     """
-    mu, w = jnp.linalg.eigh(a)
+    mu, w = _linalg.eigh(a)
     mu = jnp.maximum(mu, _log_floor(mu.dtype))
     return jnp.einsum("...ij,...j,...kj->...ik", w, jnp.log(mu), w.conj())
 
@@ -129,7 +131,7 @@ def logm_hermitian(a: Array) -> Array:
 @logm_hermitian.defjvp
 def _logm_hermitian_jvp(primals, tangents):
     (a,), (da,) = primals, tangents
-    mu, w = jnp.linalg.eigh(a)
+    mu, w = _linalg.eigh(a)
     mu = jnp.maximum(mu, _log_floor(mu.dtype))
     value = jnp.einsum("...ij,...j,...kj->...ik", w, jnp.log(mu), w.conj())
     da_eig = jnp.einsum("...ji,...jk,...kl->...il", w.conj(), da, w)
@@ -146,7 +148,7 @@ def _support_tolerance(mu: Array) -> Array:
 @jax.custom_jvp
 def _cross_term(a: Array, b: Array) -> Array:
     """``Tr[a ln b]``; ``-inf`` where ``a`` has weight outside the support of ``b``."""
-    mu, w = jnp.linalg.eigh(b)
+    mu, w = _linalg.eigh(b)
     weight = _diagonal_in_basis(w, a)
     tol = _support_tolerance(mu)
     inside = mu > tol
@@ -159,7 +161,7 @@ def _cross_term(a: Array, b: Array) -> Array:
 @_cross_term.defjvp
 def _cross_term_jvp(primals, tangents):
     (a, b), (da, db) = primals, tangents
-    mu, w = jnp.linalg.eigh(b)
+    mu, w = _linalg.eigh(b)
     tol = _support_tolerance(mu)
     inside = mu > tol
     value = _cross_term(a, b)

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 from jax import Array
 from jax.custom_derivatives import SymbolicZero
 
+from . import _linalg
+
 from ._entropy import entropy_from_eigenvalues, von_neumann_entropy
 from ._open_system import _kron_all
 from ._spectral import (
@@ -92,7 +94,7 @@ def apply_on_factor(op: Array, w: Array, dims: tuple[int, ...], factor: int) -> 
 
 def system_factor(rho_system: Array, rank: int) -> Array:
     """``L`` with ``L L^dag = rho_s(0)``, keeping the ``rank`` largest eigenvalues; ``(d_s, rank)``."""
-    lam, v = jnp.linalg.eigh(rho_system)
+    lam, v = _linalg.eigh(rho_system)
     lam = jnp.clip(lam[-rank:], 0.0, None)
     return v[:, -rank:] * jnp.sqrt(lam)
 
@@ -184,7 +186,7 @@ def thermal_state(g: Array, beta: Array) -> tuple[Array, Array, Array, Array, Ar
     Returns ``(rho, sqrt_rho, ln Z, S, <G>)`` with ``rho = exp(-beta G) / Z`` ``(d, d)``,
     ``sqrt_rho = exp(-beta G / 2) / sqrt(Z)``, ``S = -Tr rho ln rho = ln Z + beta <G>``.
     """
-    eps, v = jnp.linalg.eigh(g)
+    eps, v = _linalg.eigh(g)
     logits = -beta * eps
     log_z = jax.nn.logsumexp(logits)
     p = jnp.exp(logits - log_z)
@@ -204,7 +206,7 @@ def _expm1_ratio(y: Array) -> Array:
 def _thermal_state_jvp(primals, tangents):
     (g, beta), (dg, dbeta) = primals, tangents
     value = thermal_state(g, beta)
-    eps, v = jnp.linalg.eigh(g)
+    eps, v = _linalg.eigh(g)
     logits = -beta * eps
     log_z = jax.nn.logsumexp(logits)
     p = jnp.exp(logits - log_z)

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from . import _linalg
+
 
 class Spectrum(NamedTuple):
     """Eigendecomposition ``H = vectors @ diag(energies) @ vectors^dag``.
@@ -27,7 +29,7 @@ class Spectrum(NamedTuple):
 
 def diagonalize(h: Array) -> Spectrum:
     """Eigendecomposition of a Hermitian ``(D, D)`` matrix (real symmetric stays real)."""
-    energies, vectors = jnp.linalg.eigh(h)
+    energies, vectors = _linalg.eigh(h)
     return Spectrum(energies, vectors)
 
 
