@@ -56,9 +56,8 @@ def _evolve_kernel(
 
     With ``checkpoint`` reverse-mode differentiation stores only this function's inputs and
     recomputes its forward pass, so the gradient of an ensemble mean over ``lax.map``-ped
-    realizations keeps one realization's intermediates at a time (values are unchanged). Off by
-    default: under ``jax.grad`` with ``lax.map(..., batch_size > 1)`` it made XLA on CPU hang
-    (docs/gradients.md); the per-time-chunk checkpoints inside the derivative rules stay on.
+    realizations keeps one realization's intermediates at a time (values are unchanged). ``SpinGORM.simulate`` turns it on; the per-time-chunk checkpoints inside the derivative rules
+    are always on.
     """
     body = functools.partial(
         _kernel_body, reservoir_entropies=reservoir_entropies, time_batch_size=time_batch_size,

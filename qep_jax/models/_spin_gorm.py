@@ -188,7 +188,7 @@ def _simulate_jit(model, key, times, first, *, n_realizations, reservoir_entropi
         x = goe(jax.random.fold_in(key, i), model.n_levels, dtype=model.dtype)
         return _evolve_kernel(
             model.open_system(x), times, reservoir_entropies=reservoir_entropies,
-            time_batch_size=time_batch_size, system_rank=1,
+            time_batch_size=time_batch_size, system_rank=1, checkpoint=True,
         )
 
     indices = first + jnp.arange(n_realizations)
