@@ -11,6 +11,7 @@ the parts directory is removed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -50,20 +51,31 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+@contextlib.contextmanager
+def _atomic_replace(path: str):
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
+
+    The rename is atomic, so readers (and a resumed run after kill -9) see the old file or the
+    complete new one, never a partial write; on any exception the temporary file is removed.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     _fsync_dir(directory)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    with _atomic_replace(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def _differences(old: dict, new: dict) -> str:
@@ -201,10 +213,7 @@ def write_run(path: str, result: EnsembleResult) -> None:
     import h5py
 
     params = result.parameters
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
+    with _atomic_replace(path) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
             attrs = {
                 "title": "qep_jax spin-GORM ensemble (Esposito, Lindenberg & Van den Broeck 2010, eq. 29)",
@@ -262,17 +271,9 @@ def write_run(path: str, result: EnsembleResult) -> None:
                          f"standard error of the mean of {spec.long_name}", spec.units)
                 if result.series is not None:
                     variable(q, result.series[q], ("realization",) + dims, spec.long_name, spec.units)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the output is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
 
 
 def load_run(path: str) -> EnsembleResult:
