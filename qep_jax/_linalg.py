@@ -9,6 +9,12 @@ threads in ``jax::ParallelBatchMap`` under ``lapack_zheevd_ffi``). On the CPU th
 batches ``eigh`` as a sequential ``lax.map`` of single-matrix calls (LAPACK is single-threaded per
 matrix either way); on GPU/TPU the native batched solver is used unchanged.
 
+Eigenvalues alone (the entropies) take another route on the CPU: ``jnp.linalg.eigvalsh`` runs the
+full ``?heevd`` with eigenvectors and discards them, twice the work of LAPACK's eigenvalues-only
+mode. :func:`eigvalsh` therefore calls NumPy's ``eigvalsh`` (``jobz='N'``) through
+``jax.pure_callback``; when BLAS is pinned to one thread (``OPENBLAS_NUM_THREADS=1``) a batch is
+split over the cores in host threads.
+
 Derivatives: the JVP is the textbook one (``dE = diag(W^dag dA W)``, eigenvector term with
 ``1/(E_j - E_i)``), as in ``jnp.linalg.eigh``; callers that need correct derivatives at
 degeneracies wrap their own Daleckii-Krein rules around this function.
@@ -16,9 +22,13 @@ degeneracies wrap their own Daleckii-Krein rules around this function.
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+
 import jax
 import jax.numpy as jnp
 from jax import Array
+import numpy as np
 
 
 def _on_cpu() -> bool:
@@ -62,19 +72,47 @@ def _eigh_cpu_jvp(primals, tangents):
     return (w, v), (dw.astype(w.dtype), dv)
 
 
-@jax.custom_batching.custom_vmap
+# Below this size a host round trip costs more than it saves; above it LAPACK dominates.
+_THREADED_MIN_DIM = 32
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _host_workers() -> int:
+    """Host threads for a batch of eigenvalue problems: the usable cores if BLAS is pinned to one
+    thread, else 1 (a multithreaded OpenBLAS called from several threads at once runs slower than
+    one call: measured 0.77 s vs 0.64 s for 100 complex 200 x 200 matrices on 2 cores, against
+    0.20 s for two threads over a single-threaded OpenBLAS)."""
+    pinned = os.environ.get("OPENBLAS_NUM_THREADS", os.environ.get("OMP_NUM_THREADS"))
+    if pinned is None or pinned.strip() != "1":
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _host_eigvalsh(a) -> np.ndarray:
+    """NumPy's ``eigvalsh`` (LAPACK ``?heevd``/``?syevd`` with ``jobz='N'``), batches split over cores."""
+    global _pool
+    a = np.asarray(a)
+    real = np.finfo(a.dtype).dtype
+    flat = a.reshape((-1,) + a.shape[-2:])
+    workers = min(_host_workers(), flat.shape[0])
+    if workers < 2 or a.shape[-1] < _THREADED_MIN_DIM:
+        out = np.linalg.eigvalsh(flat)
+    else:
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(_host_workers(), thread_name_prefix="qep_eigvalsh")
+        # NumPy releases the GIL inside LAPACK, so independent matrices run in parallel.
+        out = np.concatenate(list(_pool.map(np.linalg.eigvalsh, np.array_split(flat, workers))))
+    return out.astype(real, copy=False).reshape(a.shape[:-1])
+
+
 def _eigvalsh_cpu_primal(a: Array) -> Array:
-    return jnp.linalg.eigvalsh(a)
-
-
-def _sequential_eigvalsh_rule(axis_size, in_batched, a):
-    (batched,) = in_batched
-    if not batched:
-        a = jnp.broadcast_to(a, (axis_size,) + a.shape)
-    return jax.lax.map(_eigvalsh_cpu_primal, a), True
-
-
-_eigvalsh_cpu_primal.def_vmap(_sequential_eigvalsh_rule)
+    # jnp.linalg.eigvalsh computes the eigenvectors and drops them: twice the work of jobz='N',
+    # which jaxlib does not expose. On the CPU the host call costs no copy.
+    out = jax.ShapeDtypeStruct(a.shape[:-1], jnp.finfo(a.dtype).dtype)
+    return jax.pure_callback(_host_eigvalsh, out, a, vmap_method="broadcast_all")
 
 
 @jax.custom_jvp

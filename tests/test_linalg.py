@@ -62,3 +62,39 @@ def test_concurrent_batched_eigh_does_not_deadlock():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "done" in result.stdout
+
+
+def test_eigvalsh_host_threads_and_dtypes(monkeypatch):
+    """The eigenvalues-only host path: split over threads when BLAS is pinned, jit/vmap, float32."""
+    rng = np.random.default_rng(2)
+    a = np.stack([random_hermitian(rng, 40) for _ in range(5)])
+    ref = np.linalg.eigvalsh(a)
+    for pinned in ("1", "4"):  # threaded split / one NumPy call
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", pinned)
+        np.testing.assert_allclose(_linalg._host_eigvalsh(a), ref, atol=1e-12)
+        out = jax.jit(jax.vmap(_linalg.eigvalsh))(jnp.asarray(a))
+        np.testing.assert_allclose(out, ref, atol=1e-12)
+    single = _linalg.eigvalsh(jnp.asarray(a[0], dtype=jnp.complex64))
+    assert single.dtype == jnp.float32
+    np.testing.assert_allclose(single, ref[0], rtol=1e-4, atol=1e-4)
+
+
+def test_split_reductions_match_complex_factor():
+    """Reduced states from [Re X | Im X] equal those from the complex factor X, every factor kept."""
+    from qep_jax import _spectral
+
+    rng = np.random.default_rng(3)
+    dims, rank = (2, 3, 4), 5
+    total = int(np.prod(dims))
+    h = random_hermitian(rng, total, real=True)
+    c = rng.normal(size=(total, rank))
+    spectrum = _spectral.diagonalize(jnp.asarray(h))
+    x = _spectral.propagate_factor(spectrum, jnp.asarray(c), 0.7)
+    u = spectrum.vectors @ np.diag(np.exp(-0.7j * spectrum.energies)) @ spectrum.vectors.T
+    np.testing.assert_allclose(x, u @ (spectrum.vectors @ c), atol=1e-12)  # C is in the eigenbasis
+    z = _spectral.propagate_factor_split(spectrum, jnp.asarray(c), 0.7)
+    for keep in range(len(dims)):
+        np.testing.assert_allclose(_spectral.reduced_from_split(z, dims, keep),
+                                   _spectral.reduced_from_factor(x, dims, keep), atol=1e-12)
+    np.testing.assert_allclose(_spectral.reservoirs_from_split(z, dims[0]),
+                               _spectral.reservoirs_from_factor(x, dims[0]), atol=1e-12)
