@@ -53,6 +53,7 @@ from ._spectral import (
     reduced_from_split,
     reservoirs_from_factor,
     reservoirs_from_split,
+    system_last,
     to_eigenbasis,
 )
 
@@ -159,24 +160,35 @@ def _setup(config: SeriesConfig, h, rho0, reservoir_ops, rho_system, sqrt_eqs) -
     return _Setup(spectrum.energies, w, rho0_eig, observables_t, weights, total_energy, factor, factor_eig)
 
 
-def _entropies(config: SeriesConfig, x: Array, split: bool = False) -> dict:
-    """Reservoir entropies from ``X(t)``: complex ``(D, R)``, or ``[Re X | Im X]`` if ``split``."""
+def _entropies(config: SeriesConfig, x: Array) -> dict:
+    """Reservoir entropies from the complex factor ``X(t)`` ``(D, R)``."""
     dims = config.dims
     n_res = len(dims) - 1
-    if split:
-        reduced = lambda r: reduced_from_split(x, dims, r + 1)  # noqa: E731
-        joint = lambda: reservoirs_from_split(x, dims[0])  # noqa: E731
-    else:
-        reduced = lambda r: reduced_from_factor(x, dims, r + 1)  # noqa: E731
-        joint = lambda: reservoirs_from_factor(x, dims[0])  # noqa: E731
-    out = {"reservoir_entropy": jnp.stack([von_neumann_entropy(reduced(r)) for r in range(n_res)])}
+    out = {"reservoir_entropy": jnp.stack([von_neumann_entropy(reduced_from_factor(x, dims, r + 1))
+                                           for r in range(n_res)])}
     if n_res > 1:
-        out["joint_reservoir_entropy"] = von_neumann_entropy(joint())
+        out["joint_reservoir_entropy"] = von_neumann_entropy(reservoirs_from_factor(x, dims[0]))
     return out
 
 
+def _entropies_split(config: SeriesConfig, s: _Setup, t: Array) -> dict:
+    """Reservoir entropies for real ``W`` and ``C``: ``Re X`` and ``Im X`` by real products."""
+    dims = config.dims
+    n_res = len(dims) - 1
+    if n_res == 1:
+        # Rows ordered (reservoir, system): rho_r(t) is then three GEMMs on contiguous blocks.
+        w, moved = system_last(s.vectors, dims)
+        re, im = propagate_factor_split(Spectrum(s.energies, w), s.factor_eig, t)
+        return {"reservoir_entropy": von_neumann_entropy(reduced_from_split(re, im, moved, 0))[None]}
+    re, im = propagate_factor_split(Spectrum(s.energies, s.vectors), s.factor_eig, t)
+    return {
+        "reservoir_entropy": jnp.stack([von_neumann_entropy(reduced_from_split(re, im, dims, r + 1))
+                                        for r in range(n_res)]),
+        "joint_reservoir_entropy": von_neumann_entropy(reservoirs_from_split(re, im, dims[0])),
+    }
+
+
 def _primal_series(config: SeriesConfig, s: _Setup, times: Array) -> Series:
-    spectrum = Spectrum(s.energies, s.vectors)
     # Real W and C (real symmetric H, real states): propagate Re X and Im X with real products.
     split = config.reservoir_entropies and not (
         jnp.iscomplexobj(s.vectors) or jnp.iscomplexobj(s.factor_eig))
@@ -185,9 +197,9 @@ def _primal_series(config: SeriesConfig, s: _Setup, times: Array) -> Series:
         out = {"values": expectation_at(s.energies, s.weights, t)}
         if config.reservoir_entropies:
             if split:
-                out.update(_entropies(config, propagate_factor_split(spectrum, s.factor_eig, t), True))
+                out.update(_entropies_split(config, s, t))
             else:
-                out.update(_entropies(config, propagate_factor(spectrum, s.factor_eig, t)))
+                out.update(_entropies(config, propagate_factor(Spectrum(s.energies, s.vectors), s.factor_eig, t)))
         return out
 
     series = jax.lax.map(at_time, times, batch_size=_batch(times.shape[0], config.time_batch_size))

@@ -74,22 +74,21 @@ def propagate_factor(spectrum: Spectrum, factor_eig: Array, t: Array) -> Array:
     instead of ``T`` separate ones.
     """
     w = spectrum.vectors
-    cos, sin = _phases(spectrum.energies, t)
     if jnp.iscomplexobj(w) or jnp.iscomplexobj(factor_eig):
+        cos, sin = _phases(spectrum.energies, t)
         return w @ ((cos - 1j * sin)[:, None] * factor_eig)
-    re, im = jnp.split(propagate_factor_split(spectrum, factor_eig, t), 2, axis=-1)
-    return jax.lax.complex(re, im)
+    return jax.lax.complex(*propagate_factor_split(spectrum, factor_eig, t))
 
 
-def propagate_factor_split(spectrum: Spectrum, factor_eig: Array, t: Array) -> Array:
-    """``[Re X(t) | Im X(t)]`` ``(D, 2R)`` real, for real ``W`` and ``C`` (real symmetric ``H``).
+def propagate_factor_split(spectrum: Spectrum, factor_eig: Array, t: Array) -> tuple[Array, Array]:
+    """``(Re X(t), Im X(t))``, each ``(D, R)`` real, for real ``W`` and ``C`` (real symmetric ``H``).
 
-    One real product with ``2R`` columns costs half the real flops of the complex one; the
-    reduced states follow from :func:`reduced_from_split` in real arithmetic as well.
+    Two real products cost half the real flops of one complex product, and the reduced states
+    follow in real arithmetic (:func:`reduced_from_split`).
     """
     cos, sin = _phases(spectrum.energies, t)
-    c = factor_eig
-    return spectrum.vectors @ jnp.concatenate([cos[:, None] * c, -sin[:, None] * c], axis=-1)
+    w, c = spectrum.vectors, factor_eig
+    return w @ (cos[:, None] * c), w @ (-sin[:, None] * c)
 
 
 def reduced_from_factor(factor: Array, dims: tuple[int, ...], keep: int) -> Array:
@@ -108,30 +107,37 @@ def reservoirs_from_factor(factor: Array, system_dim: int) -> Array:
     return jnp.einsum("saq,sbq->ab", x, x.conj())
 
 
-def _gram_split(z: Array) -> Array:
-    """``sum_{j,q} X_ajq conj(X_bjq)`` from ``z = [Re X, Im X]`` of shape ``(d, m, 2, R)``; ``(d, d)``.
+def _gram_split(a: Array, b: Array) -> Array:
+    """``(A + iB)(A + iB)^dag = A A^T + B B^T + i (B A^T - A B^T)`` for real ``(d, m)`` ``A, B``."""
+    p = b @ a.T
+    return jax.lax.complex(a @ a.T + b @ b.T, p - p.T)
 
-    With ``X = A + iB``: ``X X^dag = A A^T + B B^T + i (B A^T - A B^T)``. The real part is one
-    product over the ``2 m R`` contiguous columns; the imaginary part is ``P - P^T``, ``P = B A^T``.
+
+def reduced_from_split(re: Array, im: Array, dims: tuple[int, ...], keep: int) -> Array:
+    """``Tr_{not keep} X X^dag`` from ``X = re + i im`` ``(D, R)``; ``(d_keep, d_keep)`` complex.
+
+    Every contraction is a plain GEMM once the kept factor leads the row index; with ``keep = 0``
+    no copy is made (callers with one kept factor order the rows of ``W`` that way once).
     """
-    d = z.shape[0]
-    flat = z.reshape(d, -1)
-    real = flat @ flat.T
-    p = jnp.einsum("ajq,bjq->ab", z[:, :, 1], z[:, :, 0])
-    return jax.lax.complex(real, p - p.T)
+    rank = re.shape[-1]
+
+    def rows(x):
+        return jnp.moveaxis(x.reshape(dims + (rank,)), keep, 0).reshape(dims[keep], -1)
+
+    return _gram_split(rows(re), rows(im))
 
 
-def reduced_from_split(z: Array, dims: tuple[int, ...], keep: int) -> Array:
-    """``Tr_{not keep} X X^dag`` from ``z = [Re X | Im X]`` ``(D, 2R)``; ``(d_keep, d_keep)`` complex."""
-    rank = z.shape[-1] // 2
-    # Kept factor first, the traced ones and (Re/Im, rank) contiguous behind it: the contractions
-    # are then plain GEMMs (a transpose of D x 2R costs far less than a strided contraction).
-    x = jnp.moveaxis(z.reshape(dims + (2, rank)), keep, 0)
-    return _gram_split(x.reshape(dims[keep], -1, 2, rank))
+def reservoirs_from_split(re: Array, im: Array, system_dim: int) -> Array:
+    """``Tr_s X X^dag`` from ``X = re + i im`` ``(D, R)``; ``(D/d_s, D/d_s)`` complex."""
+    rank = re.shape[-1]
+
+    def rows(x):
+        return jnp.moveaxis(x.reshape(system_dim, -1, rank), 0, 1).reshape(x.shape[0] // system_dim, -1)
+
+    return _gram_split(rows(re), rows(im))
 
 
-def reservoirs_from_split(z: Array, system_dim: int) -> Array:
-    """``Tr_s X X^dag`` from ``z = [Re X | Im X]`` ``(D, 2R)``; ``(D/d_s, D/d_s)`` complex."""
-    rank = z.shape[-1] // 2
-    x = jnp.moveaxis(z.reshape(system_dim, -1, 2, rank), 0, 1)
-    return _gram_split(x)
+def system_last(vectors: Array, dims: tuple[int, ...]) -> tuple[Array, tuple[int, ...]]:
+    """Rows of ``W`` reordered from ``(s, r_1, .., r_K)`` to ``(r_1, .., r_K, s)``, and the new dims."""
+    moved = jnp.moveaxis(vectors.reshape(dims + (vectors.shape[-1],)), 0, len(dims) - 1)
+    return moved.reshape(vectors.shape), dims[1:] + dims[:1]

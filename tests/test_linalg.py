@@ -92,9 +92,15 @@ def test_split_reductions_match_complex_factor():
     x = _spectral.propagate_factor(spectrum, jnp.asarray(c), 0.7)
     u = spectrum.vectors @ np.diag(np.exp(-0.7j * spectrum.energies)) @ spectrum.vectors.T
     np.testing.assert_allclose(x, u @ (spectrum.vectors @ c), atol=1e-12)  # C is in the eigenbasis
-    z = _spectral.propagate_factor_split(spectrum, jnp.asarray(c), 0.7)
+    re, im = _spectral.propagate_factor_split(spectrum, jnp.asarray(c), 0.7)
     for keep in range(len(dims)):
-        np.testing.assert_allclose(_spectral.reduced_from_split(z, dims, keep),
+        np.testing.assert_allclose(_spectral.reduced_from_split(re, im, dims, keep),
                                    _spectral.reduced_from_factor(x, dims, keep), atol=1e-12)
-    np.testing.assert_allclose(_spectral.reservoirs_from_split(z, dims[0]),
+    np.testing.assert_allclose(_spectral.reservoirs_from_split(re, im, dims[0]),
                                _spectral.reservoirs_from_factor(x, dims[0]), atol=1e-12)
+    # Rows reordered (reservoirs, system): the joint reservoir state is the kept leading block.
+    w, moved = _spectral.system_last(spectrum.vectors, dims)
+    re, im = _spectral.propagate_factor_split(_spectral.Spectrum(spectrum.energies, w), jnp.asarray(c), 0.7)
+    joint = _spectral.reduced_from_split(re, im, (total // dims[0], dims[0]), 0)
+    np.testing.assert_allclose(joint, _spectral.reservoirs_from_factor(x, dims[0]), atol=1e-12)
+    assert moved == (3, 4, 2)
