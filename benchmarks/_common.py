@@ -21,8 +21,8 @@ from pathlib import Path
 # Thread settings applied to every worker before NumPy / SciPy / JAX are imported. jaxlib calls
 # SciPy's LAPACK (OpenBLAS) for eigh on CPU, and QuTiP/SciPy use the same library: one thread each
 # keeps the two from oversubscribing the 2 cores and makes every route single-threaded, so wall
-# times compare like with like. XLA's own CPU kernels run their matmuls on one thread here anyway
-# (measured CPU time / wall time ~ 1.0); the ratio is recorded with each result.
+# LAPACK calls compare like with like. XLA's own CPU matmuls still use every core (CPU time / wall
+# time ~ 2 on 2 cores); CPU time is recorded next to wall time with each result.
 THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 for _name, _value in THREAD_ENV.items():
     os.environ.setdefault(_name, _value)
