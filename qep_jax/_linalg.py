@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -72,9 +73,10 @@ def _eigh_cpu_jvp(primals, tangents):
     return (w, v), (dw.astype(w.dtype), dv)
 
 
-# Below this size a host round trip costs more than it saves; above it LAPACK dominates.
+# Below this size dispatching to threads costs more than the LAPACK work it spreads.
 _THREADED_MIN_DIM = 32
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
 def _host_workers() -> int:
@@ -101,8 +103,9 @@ def _host_eigvalsh(a) -> np.ndarray:
     if workers < 2 or a.shape[-1] < _THREADED_MIN_DIM:
         out = np.linalg.eigvalsh(flat)
     else:
-        if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(_host_workers(), thread_name_prefix="qep_eigvalsh")
+        with _pool_lock:  # callbacks may run concurrently on XLA's threads
+            if _pool is None:
+                _pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="qep_eigvalsh")
         # NumPy releases the GIL inside LAPACK, so independent matrices run in parallel.
         out = np.concatenate(list(_pool.map(np.linalg.eigvalsh, np.array_split(flat, workers))))
     return out.astype(real, copy=False).reshape(a.shape[:-1])
@@ -111,6 +114,8 @@ def _host_eigvalsh(a) -> np.ndarray:
 def _eigvalsh_cpu_primal(a: Array) -> Array:
     # jnp.linalg.eigvalsh computes the eigenvectors and drops them: twice the work of jobz='N',
     # which jaxlib does not expose. On the CPU the host call costs no copy.
+    # LAPACK reads one triangle; symmetrize as jnp.linalg.eigvalsh does, so values match it.
+    a = (a + jnp.swapaxes(a, -1, -2).conj()) / 2
     out = jax.ShapeDtypeStruct(a.shape[:-1], jnp.finfo(a.dtype).dtype)
     return jax.pure_callback(_host_eigvalsh, out, a, vmap_method="broadcast_all")
 
