@@ -73,7 +73,7 @@ def _eigh_cpu_jvp(primals, tangents):
     return (w, v), (dw.astype(w.dtype), dv)
 
 
-# Below this size dispatching to threads costs more than the LAPACK work it spreads.
+# Small matrices are not worth dispatching to threads (threshold chosen, not tuned).
 _THREADED_MIN_DIM = 32
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -105,7 +105,7 @@ def _host_eigvalsh(a) -> np.ndarray:
     else:
         with _pool_lock:  # callbacks may run concurrently on XLA's threads
             if _pool is None:
-                _pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="qep_eigvalsh")
+                _pool = concurrent.futures.ThreadPoolExecutor(_host_workers(), thread_name_prefix="qep_eigvalsh")
         # NumPy releases the GIL inside LAPACK, so independent matrices run in parallel.
         out = np.concatenate(list(_pool.map(np.linalg.eigvalsh, np.array_split(flat, workers))))
     return out.astype(real, copy=False).reshape(a.shape[:-1])
@@ -113,7 +113,7 @@ def _host_eigvalsh(a) -> np.ndarray:
 
 def _eigvalsh_cpu_primal(a: Array) -> Array:
     # jnp.linalg.eigvalsh computes the eigenvectors and drops them: twice the work of jobz='N',
-    # which jaxlib does not expose. On the CPU the host call costs no copy.
+    # which jaxlib does not expose.
     # LAPACK reads one triangle; symmetrize as jnp.linalg.eigvalsh does, so values match it.
     a = (a + jnp.swapaxes(a, -1, -2).conj()) / 2
     out = jax.ShapeDtypeStruct(a.shape[:-1], jnp.finfo(a.dtype).dtype)

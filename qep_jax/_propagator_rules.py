@@ -31,6 +31,7 @@ generic points, not at exact degeneracies.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -52,7 +53,6 @@ from ._spectral import (
     reduced_from_factor,
     reduced_from_split,
     reservoirs_from_factor,
-    reservoirs_from_split,
     system_last,
     to_eigenbasis,
 )
@@ -184,7 +184,9 @@ def _entropies_split(config: SeriesConfig, s: _Setup, t: Array) -> dict:
     return {
         "reservoir_entropy": jnp.stack([von_neumann_entropy(reduced_from_split(re, im, dims, r + 1))
                                         for r in range(n_res)]),
-        "joint_reservoir_entropy": von_neumann_entropy(reservoirs_from_split(re, im, dims[0])),
+        # The joint reservoir state keeps everything but the system factor.
+        "joint_reservoir_entropy": von_neumann_entropy(
+            reduced_from_split(re, im, (dims[0], math.prod(dims[1:])), 1)),
     }
 
 
@@ -199,7 +201,8 @@ def _primal_series(config: SeriesConfig, s: _Setup, times: Array) -> Series:
             if split:
                 out.update(_entropies_split(config, s, t))
             else:
-                out.update(_entropies(config, propagate_factor(Spectrum(s.energies, s.vectors), s.factor_eig, t)))
+                x = propagate_factor(Spectrum(s.energies, s.vectors), s.factor_eig, t)
+                out.update(_entropies(config, x))
         return out
 
     series = jax.lax.map(at_time, times, batch_size=_batch(times.shape[0], config.time_batch_size))

@@ -127,16 +127,6 @@ def reduced_from_split(re: Array, im: Array, dims: tuple[int, ...], keep: int) -
     return _gram_split(rows(re), rows(im))
 
 
-def reservoirs_from_split(re: Array, im: Array, system_dim: int) -> Array:
-    """``Tr_s X X^dag`` from ``X = re + i im`` ``(D, R)``; ``(D/d_s, D/d_s)`` complex."""
-    rank = re.shape[-1]
-
-    def rows(x):
-        return jnp.moveaxis(x.reshape(system_dim, -1, rank), 0, 1).reshape(x.shape[0] // system_dim, -1)
-
-    return _gram_split(rows(re), rows(im))
-
-
 def system_last(vectors: Array, dims: tuple[int, ...]) -> tuple[Array, tuple[int, ...]]:
     """Rows of ``W`` reordered from ``(s, r_1, .., r_K)`` to ``(r_1, .., r_K, s)``, and the new dims."""
     moved = jnp.moveaxis(vectors.reshape(dims + (vectors.shape[-1],)), 0, len(dims) - 1)
