@@ -1,4 +1,4 @@
-"""Hermitian eigendecomposition that never issues concurrent batched LAPACK calls on the CPU.
+"""Hermitian eigendecomposition on the CPU through NumPy's LAPACK, batches split over the cores.
 
 jaxlib 0.10's CPU ``eigh`` kernel splits a *batched* call over XLA's intra-op thread pool and
 waits for the pieces from inside a pool thread. When two such calls run at the same time (XLA runs
@@ -6,14 +6,13 @@ independent operations concurrently, and ``vmap``/``lax.map(batch_size=)`` batch
 our kernels) on a machine with few cores, both pool threads wait on each other forever: the
 process hangs with every thread idle (observed here on 2 cores: gdb shows both ``tf_XLAEigen``
 threads in ``jax::ParallelBatchMap`` under ``lapack_zheevd_ffi``). On the CPU this module therefore
-batches ``eigh`` as a sequential ``lax.map`` of single-matrix calls (LAPACK is single-threaded per
-matrix either way); on GPU/TPU the native batched solver is used unchanged.
-
-Eigenvalues alone (the entropies) take another route on the CPU: ``jnp.linalg.eigvalsh`` runs the
-full ``?heevd`` with eigenvectors and discards them, twice the work of LAPACK's eigenvalues-only
-mode. :func:`eigvalsh` therefore calls NumPy's ``eigvalsh`` (``jobz='N'``) through
-``jax.pure_callback``; when BLAS is pinned to one thread (``OPENBLAS_NUM_THREADS=1``) a batch is
-split over the cores in host threads.
+never calls XLA's ``eigh`` on a batch: a batched :func:`eigh` calls NumPy's ``eigh`` (LAPACK
+``?heevd``/``?syevd``, the same divide-and-conquer driver) through ``jax.pure_callback`` (a single
+matrix keeps XLA's kernel, which has no batch to split), and :func:`eigvalsh` NumPy's
+``eigvalsh`` (``jobz='N'``: ``jnp.linalg.eigvalsh`` computes the eigenvectors and drops them,
+twice the work). When BLAS is pinned to one thread (``OPENBLAS_NUM_THREADS=1``) a batch is split
+over the cores in host threads (NumPy releases the GIL inside LAPACK). On GPU/TPU the native
+solvers are used unchanged.
 
 Derivatives: the JVP is the textbook one (``dE = diag(W^dag dA W)``, eigenvector term with
 ``1/(E_j - E_i)``), as in ``jnp.linalg.eigh``; callers that need correct derivatives at
@@ -36,21 +35,28 @@ def _on_cpu() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def _sequential_batching_rule(axis_size, in_batched, a):
+def _host_eigh_batched(a: Array) -> tuple[Array, Array]:
+    # LAPACK reads one triangle; symmetrize as jnp.linalg.eigh does, so results match it.
+    a = (a + jnp.swapaxes(a, -1, -2).conj()) / 2
+    out = (jax.ShapeDtypeStruct(a.shape[:-1], jnp.finfo(a.dtype).dtype), jax.ShapeDtypeStruct(a.shape, a.dtype))
+    return jax.pure_callback(_host_eigh, out, a, vmap_method="broadcast_all")
+
+
+def _batching_rule(axis_size, in_batched, a):
     (batched,) = in_batched
     if not batched:
         a = jnp.broadcast_to(a, (axis_size,) + a.shape)
-    out = jax.lax.map(_eigh_cpu_primal, a)
-    return out, (True, True)
+    return _host_eigh_batched(a), (True, True)
 
 
 @jax.custom_batching.custom_vmap
 def _eigh_cpu_primal(a: Array) -> tuple[Array, Array]:
+    # One matrix: XLA's own kernel (no batch to split, so no deadlock; no callback overhead).
     w, v = jnp.linalg.eigh(a)
     return w, v
 
 
-_eigh_cpu_primal.def_vmap(_sequential_batching_rule)
+_eigh_cpu_primal.def_vmap(_batching_rule)
 
 
 @jax.custom_jvp
@@ -93,22 +99,35 @@ def _host_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _host_map(fun, a: np.ndarray):
+    """``fun`` over a batch ``(B, n, n)``, split over the host threads when that pays."""
+    global _pool
+    workers = min(_host_workers(), a.shape[0])
+    if workers < 2 or a.shape[-1] < _THREADED_MIN_DIM:
+        return fun(a)
+    with _pool_lock:  # callbacks may run concurrently on XLA's threads
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(_host_workers(), thread_name_prefix="qep_eigh")
+    # NumPy releases the GIL inside LAPACK, so independent matrices run in parallel.
+    parts = list(_pool.map(fun, np.array_split(a, workers)))
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return tuple(np.concatenate(p) for p in zip(*parts))
+
+
 def _host_eigvalsh(a) -> np.ndarray:
     """NumPy's ``eigvalsh`` (LAPACK ``?heevd``/``?syevd`` with ``jobz='N'``), batches split over cores."""
-    global _pool
     a = np.asarray(a)
-    real = np.finfo(a.dtype).dtype
-    flat = a.reshape((-1,) + a.shape[-2:])
-    workers = min(_host_workers(), flat.shape[0])
-    if workers < 2 or a.shape[-1] < _THREADED_MIN_DIM:
-        out = np.linalg.eigvalsh(flat)
-    else:
-        with _pool_lock:  # callbacks may run concurrently on XLA's threads
-            if _pool is None:
-                _pool = concurrent.futures.ThreadPoolExecutor(_host_workers(), thread_name_prefix="qep_eigvalsh")
-        # NumPy releases the GIL inside LAPACK, so independent matrices run in parallel.
-        out = np.concatenate(list(_pool.map(np.linalg.eigvalsh, np.array_split(flat, workers))))
-    return out.astype(real, copy=False).reshape(a.shape[:-1])
+    out = _host_map(np.linalg.eigvalsh, a.reshape((-1,) + a.shape[-2:]))
+    return out.astype(np.finfo(a.dtype).dtype, copy=False).reshape(a.shape[:-1])
+
+
+def _host_eigh(a) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy's ``eigh`` (LAPACK ``?heevd``/``?syevd``), batches split over cores."""
+    a = np.asarray(a)
+    w, v = _host_map(np.linalg.eigh, a.reshape((-1,) + a.shape[-2:]))
+    return (w.astype(np.finfo(a.dtype).dtype, copy=False).reshape(a.shape[:-1]),
+            v.astype(a.dtype, copy=False).reshape(a.shape))
 
 
 def _eigvalsh_cpu_primal(a: Array) -> Array:

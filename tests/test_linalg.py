@@ -64,19 +64,27 @@ def test_concurrent_batched_eigh_does_not_deadlock():
     assert "done" in result.stdout
 
 
-def test_eigvalsh_host_threads_and_dtypes(monkeypatch):
-    """The eigenvalues-only host path: split over threads when BLAS is pinned, jit/vmap, float32."""
+def test_host_paths_threads_and_dtypes(monkeypatch):
+    """The host LAPACK paths (batched eigh, eigvalsh): split over threads when BLAS is pinned,
+    jit/vmap, float32, and a non-Hermitian input read as its Hermitian part (as jnp.linalg does)."""
     rng = np.random.default_rng(2)
     a = np.stack([random_hermitian(rng, 40) for _ in range(5)])
     ref = np.linalg.eigvalsh(a)
+    skew = a + 0.3j * np.stack([random_hermitian(rng, 40, real=True) for _ in range(5)])  # not Hermitian
     for pinned in ("1", "4"):  # threaded split / one NumPy call
         monkeypatch.setenv("OPENBLAS_NUM_THREADS", pinned)
         np.testing.assert_allclose(_linalg._host_eigvalsh(a), ref, atol=1e-12)
         out = jax.jit(jax.vmap(_linalg.eigvalsh))(jnp.asarray(a))
         np.testing.assert_allclose(out, ref, atol=1e-12)
+        w, v = jax.jit(jax.vmap(_linalg.eigh))(jnp.asarray(skew))
+        np.testing.assert_allclose(w, ref, atol=1e-12)
+        np.testing.assert_allclose(v @ (w[..., None] * np.swapaxes(v.conj(), -1, -2)), a, atol=1e-12)
     single = _linalg.eigvalsh(jnp.asarray(a[0], dtype=jnp.complex64))
     assert single.dtype == jnp.float32
     np.testing.assert_allclose(single, ref[0], rtol=1e-4, atol=1e-4)
+    w32, v32 = jax.vmap(_linalg.eigh)(jnp.asarray(a, dtype=jnp.complex64))
+    assert w32.dtype == jnp.float32 and v32.dtype == jnp.complex64
+    np.testing.assert_allclose(w32, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_split_reductions_match_complex_factor():
