@@ -48,11 +48,13 @@ from ._spectral import (
     expectation_at,
     observable_weights,
     Spectrum,
+    cross_split,
     propagate_factor,
     propagate_factor_split,
     reduced_from_factor,
     reduced_from_split,
     reservoirs_from_factor,
+    split_rows,
     system_last,
     to_eigenbasis,
 )
@@ -363,14 +365,64 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
         if not all(_is_zero(d) for d in dsqrt):
             dsq = tuple(_zero_if_symbolic(d, q) for d, q in zip(dsqrt, sqrt_eqs))
             _, dfull = jax.jvp(lambda sq: _kron_all([s.system_factor] + list(sq)), (tuple(sqrt_eqs),), (dsq,))
-            dfactor_eig = wd @ dfull.astype(ctype)
+            dfactor_eig = wd @ dfull.astype(jnp.result_type(w, dfull))
         if not _is_zero(drho_system):
             # U (drho_s (x) sigma) U^dag = Z Y^dag with Y = U (1 (x) S), Z = U (drho_s (x) S), S S = sigma:
             # linear in drho_s even where the rank-truncated factor of rho_s(0) cannot follow it.
             s_res = _kron_all(list(sqrt_eqs))
-            y0 = wd @ jnp.kron(jnp.eye(d_s, dtype=ctype), s_res.astype(ctype))
-            y0d = wd @ jnp.kron(drho_system.astype(ctype), s_res.astype(ctype))
+            y_type = jnp.result_type(w, s_res, drho_system)
+            y0 = wd @ jnp.kron(jnp.eye(d_s, dtype=y_type), s_res.astype(y_type))
+            y0d = wd @ jnp.kron(drho_system.astype(y_type), s_res.astype(y_type))
     expensive_tangent = expensive and (dh_eig is not None or dfactor_eig is not None or with_dt or y0 is not None)
+    # Everything real (real symmetric H and dH, real states): propagate real and imaginary parts
+    # with real products, as the primal series does.
+    split = expensive_tangent and not any(
+        m is not None and jnp.iscomplexobj(m) for m in (w, s.factor_eig, dh_eig, dfactor_eig, y0, y0d))
+    n_res = len(dims) - 1
+    if split:
+        if n_res == 1:
+            w_rows, moved = system_last(w, dims)
+            targets = [(moved, 0)]
+        else:
+            w_rows = w
+            targets = [(dims, r + 1) for r in range(n_res)] + [((d_s, math.prod(dims[1:])), 1)]
+        sinc_arg = (e[:, None] - e[None, :]) / (2 * jnp.pi)
+
+    def split_entropy_tangents(t, dt):
+        c = s.factor_eig
+        cos, sin = jnp.cos(e * t)[:, None], jnp.sin(e * t)[:, None]
+        x = (w_rows @ (cos * c), w_rows @ (-sin * c))
+        # dX = W Y: every tangent term is collected in the eigenbasis, then two products with W.
+        yr = yi = jnp.zeros_like(c)
+        if dh_eig is not None:
+            # W (dH~ o divided) C with divided_ac = -i t psi_a psi_c sinc((E_a - E_c) t / 2),
+            # psi = exp(-i E t / 2): the sinc part is real, the phases scale rows.
+            s_dh = dh_eig * jnp.sinc(sinc_arg * t)
+            ch, sh = jnp.cos(e * t / 2)[:, None], jnp.sin(e * t / 2)[:, None]
+            qr, qi = s_dh @ (ch * c), s_dh @ (-sh * c)
+            yr = yr + t * (ch * qi - sh * qr)
+            yi = yi - t * (ch * qr + sh * qi)
+        if dfactor_eig is not None:
+            yr, yi = yr + cos * dfactor_eig, yi - sin * dfactor_eig
+        if with_dt:
+            yr, yi = yr - dt * (e[:, None] * sin) * c, yi - dt * (e[:, None] * cos) * c
+        dx = (w_rows @ yr, w_rows @ yi)
+        if y0 is not None:
+            y = (w_rows @ (cos * y0), w_rows @ (-sin * y0))
+            z = (w_rows @ (cos * y0d), w_rows @ (-sin * y0d))
+        out = []
+        for target_dims, keep in targets:
+            rows = lambda m: split_rows(m, target_dims, keep)  # noqa: E731
+            xr, xi = rows(x[0]), rows(x[1])
+            p = cross_split(rows(dx[0]), rows(dx[1]), xr, xi)
+            d = p + p.conj().T
+            if y0 is not None:
+                d = d + cross_split(rows(z[0]), rows(z[1]), rows(y[0]), rows(y[1]))
+            out.append(jax.jvp(von_neumann_entropy, (cross_split(xr, xi, xr, xi),), (d,))[1])
+        result = {"reservoir_entropy": jnp.stack(out[:n_res])}
+        if n_res > 1:
+            result["joint_reservoir_entropy"] = out[n_res]
+        return result
 
     def tangent_at(t_dt):
         t, dt = t_dt
@@ -383,6 +435,9 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
             dvalues = dvalues + dt * parts[-n_obs:]
         result = {"values": dvalues}
         if not expensive_tangent:
+            return result
+        if split:
+            result.update(split_entropy_tangents(t, dt))
             return result
         phi = jax.lax.complex(cos, -sin)
         w_phi = w * phi
@@ -408,7 +463,6 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
                 d = d + pair(z, y)
             return jax.jvp(von_neumann_entropy, (rho_t,), (d,))[1]
 
-        n_res = len(dims) - 1
         result["reservoir_entropy"] = jnp.stack([
             entropy_tangent(reduced_from_factor(x, dims, r + 1),
                             lambda a, b, r=r: _reduced_pair(a, b, dims, r + 1))

@@ -107,10 +107,21 @@ def reservoirs_from_factor(factor: Array, system_dim: int) -> Array:
     return jnp.einsum("saq,sbq->ab", x, x.conj())
 
 
+def cross_split(ar: Array, ai: Array, br: Array, bi: Array) -> Array:
+    """``(A_r + i A_i)(B_r + i B_i)^dag`` from real ``(d, m)`` parts: four real products."""
+    return jax.lax.complex(ar @ br.T + ai @ bi.T, ai @ br.T - ar @ bi.T)
+
+
 def _gram_split(a: Array, b: Array) -> Array:
     """``(A + iB)(A + iB)^dag = A A^T + B B^T + i (B A^T - A B^T)`` for real ``(d, m)`` ``A, B``."""
     p = b @ a.T
     return jax.lax.complex(a @ a.T + b @ b.T, p - p.T)
+
+
+def split_rows(x: Array, dims: tuple[int, ...], keep: int) -> Array:
+    """``(D, R)`` -> ``(d_keep, D R / d_keep)``: the kept factor leads the rows; a reshape if ``keep = 0``."""
+    rank = x.shape[-1]
+    return jnp.moveaxis(x.reshape(dims + (rank,)), keep, 0).reshape(dims[keep], -1)
 
 
 def reduced_from_split(re: Array, im: Array, dims: tuple[int, ...], keep: int) -> Array:
@@ -119,12 +130,7 @@ def reduced_from_split(re: Array, im: Array, dims: tuple[int, ...], keep: int) -
     Every contraction is a plain GEMM once the kept factor leads the row index; with ``keep = 0``
     no copy is made (callers with one kept factor order the rows of ``W`` that way once).
     """
-    rank = re.shape[-1]
-
-    def rows(x):
-        return jnp.moveaxis(x.reshape(dims + (rank,)), keep, 0).reshape(dims[keep], -1)
-
-    return _gram_split(rows(re), rows(im))
+    return _gram_split(split_rows(re, dims, keep), split_rows(im, dims, keep))
 
 
 def system_last(vectors: Array, dims: tuple[int, ...]) -> tuple[Array, tuple[int, ...]]:

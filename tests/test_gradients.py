@@ -167,6 +167,52 @@ def test_open_system_every_field_directional_derivative(n_res):
     np.testing.assert_allclose(contracted, forward @ jnp.arange(1.0, 16.0), rtol=1e-9)
 
 
+def _real_open_case(n_res, seed, pure):
+    rng = np.random.default_rng(seed)
+    d_s, d_r = 2, 3
+    total = d_s * d_r**n_res
+
+    def entries():
+        return dict(
+            h_system=random_hermitian(rng, d_s, real=True),
+            h_reservoirs=[random_hermitian(rng, d_r, real=True) for _ in range(n_res)],
+            coupling=random_hermitian(rng, total, real=True, scale=0.4),
+        )
+
+    rho_system = random_density_matrix(rng, d_s, pure=pure, real=True)
+    if not pure:  # well inside the mixed states: central differences of S_s stay accurate
+        rho_system = (rho_system + np.eye(d_s) / d_s) / 2
+    base = dict(entries(), betas=np.linspace(0.7, 1.4, n_res), rho_system=rho_system)
+    tangent_rho = random_hermitian(rng, d_s, real=True)
+    # At a pure rho_s(0) the entropy derivative along drho_s is infinite (docs/gradients.md): keep rho_s there.
+    tangent_rho = 0 * tangent_rho if pure else tangent_rho - np.trace(tangent_rho) * np.eye(d_s) / d_s
+    direction = dict(entries(), betas=rng.normal(size=n_res), rho_system=tangent_rho)
+    return jax.tree_util.tree_map(jnp.asarray, base), jax.tree_util.tree_map(jnp.asarray, direction)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _real_or_complex_functionals(eps, base, direction, as_complex):
+    p = jax.tree_util.tree_map(lambda b, d: b + eps * d, base, direction)
+    if as_complex:
+        p = {k: v if k == "betas" else jax.tree_util.tree_map(lambda m: m.astype(complex), v) for k, v in p.items()}
+    times = OPEN_TIMES + eps * jnp.array([0.0, 0.4, -0.7])
+    return _functionals(_trajectory_fields(qep_jax.evolve(qep_jax.OpenSystem(**p), times)))
+
+
+@pytest.mark.parametrize("n_res,pure", [(1, False), (2, False), (1, True)])
+def test_real_tangent_path_matches_complex_path(n_res, pure):
+    """Real H, dH and states take the real-arithmetic tangent of the reservoir entropies; it must
+    give the complex path's derivative (same inputs cast to complex) and the central difference,
+    along every entry at once including the time points."""
+    base, direction = _real_open_case(n_res, seed=40 + n_res, pure=pure)
+    derivative = jax.jacfwd(_real_or_complex_functionals)
+    real = derivative(0.0, base, direction, False)
+    np.testing.assert_allclose(real, derivative(0.0, base, direction, True), atol=1e-10, rtol=1e-10)
+    fd = (_real_or_complex_functionals(STEP, base, direction, False)
+          - _real_or_complex_functionals(-STEP, base, direction, False)) / (2 * STEP)
+    np.testing.assert_allclose(real, fd, atol=1e-7, rtol=1e-6)
+
+
 # ---------------------------------------------------------------- independent dense expm reference
 
 
