@@ -418,7 +418,8 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
             d = p + p.conj().T
             if y0 is not None:
                 d = d + cross_split(rows(z[0]), rows(z[1]), rows(y[0]), rows(y[1]))
-            out.append(jax.jvp(von_neumann_entropy, (cross_split(xr, xi, xr, xi),), (d,))[1])
+            rho_t = reduced_from_split(x[0], x[1], target_dims, keep)
+            out.append(jax.jvp(von_neumann_entropy, (rho_t,), (d,))[1])
         result = {"reservoir_entropy": jnp.stack(out[:n_res])}
         if n_res > 1:
             result["joint_reservoir_entropy"] = out[n_res]
