@@ -152,7 +152,7 @@ def _observe(system: OpenSystem, drives: _Drives, h: Array, x: Array):
     """``rho_s``, ``<H_r>``, ``<H>`` and the drive expectations ``<G_j>`` for ``rho = X X^dag``."""
     dims = system.dims
     rho_s = reduced_from_factor(x, dims, 0)
-    rho_s = (rho_s + rho_s.conj().T) / 2
+    rho_s = _linalg.hermitian_part(rho_s)
     reservoir_energy = jnp.real(jnp.vdot(x, _apply_on_factor(system.h_reservoirs[0], x, dims, 1)))
     energy = jnp.real(jnp.vdot(x, h @ x))
     g_sys = jnp.real(jnp.einsum("jab,ba->j", drives.system, rho_s))

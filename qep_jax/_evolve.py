@@ -13,6 +13,7 @@ import numpy as np
 from jax import Array
 
 from ._entropy import von_neumann_entropy
+from ._linalg import hermitian_part
 from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all
 from ._propagator_rules import SeriesConfig, spectral_series, thermal_state
 from ._propagator_rules import apply_on_factor as _apply_on_factor
@@ -84,7 +85,7 @@ def _kernel_body(system: OpenSystem, times: Array, *, reservoir_entropies: bool,
     total_energy = series.total_energy
     values = series.values
     rho_s = values[:, : d_s * d_s].reshape(-1, d_s, d_s)
-    rho_s = (rho_s + jnp.swapaxes(rho_s, -1, -2).conj()) / 2
+    rho_s = hermitian_part(rho_s)
     obs = jnp.real(values[:, d_s * d_s :])
     reservoir_energy = obs[:, :n_res]
     particle_number = obs[:, n_res:] if has_numbers else None

@@ -35,9 +35,14 @@ def _on_cpu() -> bool:
     return jax.default_backend() == "cpu"
 
 
+def hermitian_part(a: Array) -> Array:
+    """``(a + a^dag) / 2`` over the last two axes; ``(..., n, n)``."""
+    return (a + jnp.swapaxes(a, -1, -2).conj()) / 2
+
+
 def _host_eigh_batched(a: Array) -> tuple[Array, Array]:
     # LAPACK reads one triangle; symmetrize as jnp.linalg.eigh does, so results match it.
-    a = (a + jnp.swapaxes(a, -1, -2).conj()) / 2
+    a = hermitian_part(a)
     out = (jax.ShapeDtypeStruct(a.shape[:-1], jnp.finfo(a.dtype).dtype), jax.ShapeDtypeStruct(a.shape, a.dtype))
     return jax.pure_callback(_host_eigh, out, a, vmap_method="broadcast_all")
 
@@ -68,7 +73,7 @@ def _eigh_cpu(a: Array) -> tuple[Array, Array]:
 def _eigh_cpu_jvp(primals, tangents):
     (a,), (da,) = primals, tangents
     w, v = _eigh_cpu_primal(a)
-    da = (da + jnp.swapaxes(da, -1, -2).conj()) / 2
+    da = hermitian_part(da)
     vdag_da_v = jnp.swapaxes(v, -1, -2).conj() @ da @ v
     dw = jnp.real(jnp.diagonal(vdag_da_v, axis1=-2, axis2=-1))
     n = a.shape[-1]
@@ -134,7 +139,7 @@ def _eigvalsh_cpu_primal(a: Array) -> Array:
     # jnp.linalg.eigvalsh computes the eigenvectors and drops them: twice the work of jobz='N',
     # which jaxlib does not expose.
     # LAPACK reads one triangle; symmetrize as jnp.linalg.eigvalsh does, so values match it.
-    a = (a + jnp.swapaxes(a, -1, -2).conj()) / 2
+    a = hermitian_part(a)
     out = jax.ShapeDtypeStruct(a.shape[:-1], jnp.finfo(a.dtype).dtype)
     return jax.pure_callback(_host_eigvalsh, out, a, vmap_method="broadcast_all")
 
@@ -148,7 +153,7 @@ def _eigvalsh_cpu(a: Array) -> Array:
 def _eigvalsh_cpu_jvp(primals, tangents):
     (a,), (da,) = primals, tangents
     w, v = _eigh_cpu_primal(a)
-    da = (da + jnp.swapaxes(da, -1, -2).conj()) / 2
+    da = hermitian_part(da)
     dw = jnp.real(jnp.einsum("...ji,...jk,...ki->...i", v.conj(), da, v))
     return w, dw.astype(w.dtype)
 

@@ -49,6 +49,7 @@ from ._spectral import (
     observable_weights,
     Spectrum,
     cross_split,
+    gram_split,
     propagate_factor,
     propagate_factor_split,
     reduced_from_factor,
@@ -103,11 +104,6 @@ def system_factor(rho_system: Array, rank: int) -> Array:
     lam, v = _linalg.eigh(rho_system)
     lam = jnp.clip(lam[-rank:], 0.0, None)
     return v[:, -rank:] * jnp.sqrt(lam)
-
-
-def _hermitian_part(m: Array) -> Array:
-    # eigh reads only (H + H^dag) / 2, so a tangent's anti-Hermitian part does not change the value.
-    return (m + m.conj().T) / 2
 
 
 def _is_zero(tangent) -> bool:
@@ -245,7 +241,7 @@ def _thermal_state_jvp(primals, tangents):
     p = jnp.exp(logits - log_z)
     sqrt_p = jnp.sqrt(p)
     mean = jnp.sum(p * eps)
-    dg_eig = v.conj().T @ _hermitian_part(dg) @ v
+    dg_eig = v.conj().T @ _linalg.hermitian_part(dg) @ v
     # Divided differences of p(x) = exp(-beta x - ln Z) on the spectrum, written around the larger
     # of the two weights so nothing overflows: (p_a - p_b) / (e_a - e_b) = -beta max(p) h(-|x_ab|),
     # h(y) = expm1(y) / y, x_ab = beta (e_b - e_a); the diagonal is p'(e_a) = -beta p_a.
@@ -327,7 +323,8 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
     wd = w.conj().T
     ctype = jnp.result_type(w.dtype, jnp.complex64)
     rho, ot = s.rho0_eig, s.observables_t
-    dh_eig = None if _is_zero(dh) else wd @ _hermitian_part(dh) @ w
+    # eigh reads only (H + H^dag) / 2, so a tangent's anti-Hermitian part does not change the value.
+    dh_eig = None if _is_zero(dh) else wd @ _linalg.hermitian_part(dh) @ w
     drho_eig = None if _is_zero(drho0) else wd @ drho0 @ w
     with_dt = not _is_zero(dtimes)
     dtimes = _zero_if_symbolic(dtimes, times)
@@ -418,8 +415,7 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
             d = p + p.conj().T
             if y0 is not None:
                 d = d + cross_split(rows(z[0]), rows(z[1]), rows(y[0]), rows(y[1]))
-            rho_t = reduced_from_split(x[0], x[1], target_dims, keep)
-            out.append(jax.jvp(von_neumann_entropy, (rho_t,), (d,))[1])
+            out.append(jax.jvp(von_neumann_entropy, (gram_split(xr, xi),), (d,))[1])
         result = {"reservoir_entropy": jnp.stack(out[:n_res])}
         if n_res > 1:
             result["joint_reservoir_entropy"] = out[n_res]

@@ -112,7 +112,7 @@ def cross_split(ar: Array, ai: Array, br: Array, bi: Array) -> Array:
     return jax.lax.complex(ar @ br.T + ai @ bi.T, ai @ br.T - ar @ bi.T)
 
 
-def _gram_split(a: Array, b: Array) -> Array:
+def gram_split(a: Array, b: Array) -> Array:
     """``(A + iB)(A + iB)^dag = A A^T + B B^T + i (B A^T - A B^T)`` for real ``(d, m)`` ``A, B``."""
     p = b @ a.T
     return jax.lax.complex(a @ a.T + b @ b.T, p - p.T)
@@ -130,7 +130,7 @@ def reduced_from_split(re: Array, im: Array, dims: tuple[int, ...], keep: int) -
     Every contraction is a plain GEMM once the kept factor leads the row index; with ``keep = 0``
     no copy is made (callers with one kept factor order the rows of ``W`` that way once).
     """
-    return _gram_split(split_rows(re, dims, keep), split_rows(im, dims, keep))
+    return gram_split(split_rows(re, dims, keep), split_rows(im, dims, keep))
 
 
 def system_last(vectors: Array, dims: tuple[int, ...]) -> tuple[Array, tuple[int, ...]]:
