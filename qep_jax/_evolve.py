@@ -13,9 +13,9 @@ import numpy as np
 from jax import Array
 
 from ._entropy import von_neumann_entropy
-from ._linalg import hermitian_part
 from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all
-from ._propagator_rules import SeriesConfig, spectral_series, thermal_state
+from ._propagator_rules import (SeriesConfig, n_series_observables, spectral_series, system_pairs,
+                                system_state_from_pairs, thermal_state)
 from ._propagator_rules import apply_on_factor as _apply_on_factor
 from ._propagator_rules import system_factor as _system_factor
 from ._trajectory import Trajectory
@@ -84,9 +84,9 @@ def _kernel_body(system: OpenSystem, times: Array, *, reservoir_entropies: bool,
                              tuple(e.sqrt_rho for e in eqs), times)
     total_energy = series.total_energy
     values = series.values
-    rho_s = values[:, : d_s * d_s].reshape(-1, d_s, d_s)
-    rho_s = hermitian_part(rho_s)
-    obs = jnp.real(values[:, d_s * d_s :])
+    n_pairs = len(system_pairs(d_s))
+    rho_s = system_state_from_pairs(values[:, :n_pairs], d_s, jnp.real(jnp.trace(rho0)))
+    obs = jnp.real(values[:, n_pairs:])
     reservoir_energy = obs[:, :n_res]
     particle_number = obs[:, n_res:] if has_numbers else None
 
@@ -207,7 +207,7 @@ def _evolve_jit(system, times, *, reservoir_entropies, time_batch_size, system_r
 
 def n_observables(system: OpenSystem) -> int:
     k = system.n_reservoirs * (2 if system.number_operators is not None else 1)
-    return system.system_dim**2 + k
+    return n_series_observables(system.system_dim, k)
 
 
 def evolve(

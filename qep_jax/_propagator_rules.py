@@ -46,7 +46,6 @@ from ._open_system import _kron_all
 from ._spectral import (
     diagonalize,
     expectation_at,
-    observable_weights,
     Spectrum,
     cross_split,
     gram_split,
@@ -76,11 +75,40 @@ class SeriesConfig(NamedTuple):
     system_rank: int
 
 
+def system_pairs(d_s: int) -> tuple[tuple[int, int], ...]:
+    """Entries ``(i, j)`` of ``rho_s(t)`` that :func:`spectral_series` computes: the upper triangle
+    without the last diagonal entry. The others follow from ``rho_s(t) = rho_s(t)^dag`` and
+    ``Tr rho_s(t) = Re Tr rho(0)``; this halves the observables (2 instead of 4 for a spin)."""
+    return tuple((i, j) for i in range(d_s) for j in range(i, d_s) if (i, j) != (d_s - 1, d_s - 1))
+
+
+def n_series_observables(d_s: int, n_reservoir_ops: int) -> int:
+    """Columns of :attr:`Series.values`: the :func:`system_pairs` and the reservoir observables."""
+    return len(system_pairs(d_s)) + n_reservoir_ops
+
+
+def system_state_from_pairs(pair_values: Array, d_s: int, trace: Array) -> Array:
+    """``rho_s(t)`` ``(T, d_s, d_s)`` from the :func:`system_pairs` columns ``(T, n_pairs)``.
+
+    ``trace`` is ``Re Tr rho(0)``, conserved by the evolution; it fixes the last diagonal entry.
+    """
+    rho = jnp.zeros(pair_values.shape[:1] + (d_s, d_s), pair_values.dtype)
+    for k, (i, j) in enumerate(system_pairs(d_s)):
+        v = pair_values[:, k]
+        if i == j:
+            rho = rho.at[:, i, i].set(jnp.real(v))
+        else:
+            rho = rho.at[:, i, j].set(v).at[:, j, i].set(v.conj())
+    last = trace - jnp.real(jnp.trace(rho, axis1=1, axis2=2))
+    return rho.at[:, -1, -1].set(last)
+
+
 class Series(NamedTuple):
     """Output of :func:`spectral_series`.
 
-    values: ``(T, d_s^2 + n_ops)`` complex: ``<(|j><i| (x) 1)>_t`` at column ``i d_s + j`` (so the
-        first ``d_s^2`` columns are ``rho_s(t)_ij``), then ``<O_k>_t`` of the reservoir observables.
+    values: ``(T, n_pairs + n_ops)`` complex: ``rho_s(t)_ij = <(|j><i| (x) 1)>_t`` for the
+        :func:`system_pairs` ``(i, j)`` in that order, then ``<O_k>_t`` of the reservoir observables.
+        Every value is that of the Hermitian part of ``rho(0)`` (see :func:`spectral_series`).
     total_energy: ``()`` ``<H>_0``.
     reservoir_entropy: ``(T, K)`` ``S_r(t)`` or ``None``.
     joint_reservoir_entropy: ``(T,)`` ``S(rho_R(t))`` for ``K >= 2``, else ``None``.
@@ -139,15 +167,15 @@ def _setup(config: SeriesConfig, h, rho0, reservoir_ops, rho_system, sqrt_eqs) -
     d_s, total = dims[0], int(rho0.shape[-1])
     spectrum = diagonalize(h)
     w = spectrum.vectors
-    rho0_eig = to_eigenbasis(spectrum, rho0)
+    # Every output is a real part or a Hermitian part, i.e. a function of herm(rho(0)); using it
+    # here lets the other entries of rho_s(t) follow from the system_pairs.
+    rho0_eig = to_eigenbasis(spectrum, _linalg.hermitian_part(rho0))
     # rho_s(t)_ij = <(|j><i| (x) 1)>_t: O~_ba = sum_R conj(W_(jR)b) W_(iR)a, weight M_ab = rho0~_ab O~_ba.
     w_blocks = w.reshape(d_s, total // d_s, total)
-    system_t = jnp.einsum("iRa,jRb->ijab", w_blocks, w_blocks.conj()).reshape(d_s * d_s, total, total)
+    system_t = [w_blocks[i].T @ w_blocks[j].conj() for i, j in system_pairs(d_s)]
     reservoir_eig = [w.conj().T @ apply_on_factor(op, w, dims, f) for op, f in zip(reservoir_ops, config.factors)]
-    weights = jnp.concatenate(
-        [system_t * rho0_eig, jnp.stack([observable_weights(rho0_eig, o) for o in reservoir_eig])], axis=0
-    )
-    observables_t = jnp.concatenate([system_t, jnp.stack([o.T for o in reservoir_eig])], axis=0)
+    observables_t = jnp.stack(system_t + [o.T for o in reservoir_eig])
+    weights = observables_t * rho0_eig
     # <H> is conserved, so <V>_t = <H>_0 - <H_s>_t - sum_r <H_r>_t needs no observable of its own.
     total_energy = jnp.sum(spectrum.energies * jnp.real(jnp.diagonal(rho0_eig)))
     factor = factor_eig = None
@@ -318,14 +346,14 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
     out = _primal_series(config, s, times)
 
     dims = config.dims
-    d_s, total = dims[0], int(rho0.shape[-1])
+    d_s, n_pairs = dims[0], len(system_pairs(dims[0]))
     e, w = s.energies, s.vectors
     wd = w.conj().T
     ctype = jnp.result_type(w.dtype, jnp.complex64)
     rho, ot = s.rho0_eig, s.observables_t
     # eigh reads only (H + H^dag) / 2, so a tangent's anti-Hermitian part does not change the value.
     dh_eig = None if _is_zero(dh) else wd @ _linalg.hermitian_part(dh) @ w
-    drho_eig = None if _is_zero(drho0) else wd @ drho0 @ w
+    drho_eig = None if _is_zero(drho0) else wd @ _linalg.hermitian_part(drho0) @ w
     with_dt = not _is_zero(dtimes)
     dtimes = _zero_if_symbolic(dtimes, times)
 
@@ -336,7 +364,7 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
     for k, (dop, f) in enumerate(zip(dops, config.factors)):
         if not _is_zero(dop):
             dot_k = (wd @ apply_on_factor(dop, w, dims, f)).T
-            m1 = m1.at[d_s * d_s + k].add(rho * dot_k)
+            m1 = m1.at[n_pairs + k].add(rho * dot_k)
     m2 = m3 = None
     if dh_eig is not None:
         t_max = jnp.max(jnp.abs(times))

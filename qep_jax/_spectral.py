@@ -39,11 +39,6 @@ def to_eigenbasis(spectrum: Spectrum, op: Array) -> Array:
     return w.conj().T @ (op @ w)
 
 
-def observable_weights(rho0_eig: Array, op_eig: Array) -> Array:
-    """``M_ab = rho0~_ab O~_ba`` so that ``<O>_t = sum_ab M_ab phi_a phi_b*``; ``(D, D)``."""
-    return rho0_eig * op_eig.T
-
-
 def _phases(energies: Array, t: Array) -> tuple[Array, Array]:
     angle = energies * t
     return jnp.cos(angle), jnp.sin(angle)

@@ -17,6 +17,7 @@ from .._evolve import (
     warn_if_float32,
 )
 from .._open_system import InputError, OpenSystem, _is_concrete, check_finite, check_hermitian
+from .._propagator_rules import n_series_observables
 from .._random import goe
 from .._trajectory import Trajectory
 
@@ -157,10 +158,11 @@ class SpinGORM:
         warn_if_float32(self.dtype)
         dims = (2, self.n_levels)
         itemsize = jnp.finfo(self.dtype).bits // 8
+        n_obs = n_series_observables(2, 1)
         if time_batch_size is None:
-            time_batch_size = auto_time_batch_size(dims, times.shape[0], 1, 5, itemsize, reservoir_entropies)
+            time_batch_size = auto_time_batch_size(dims, times.shape[0], 1, n_obs, itemsize, reservoir_entropies)
         per_realization = realization_bytes(
-            dims, times.shape[0], system_rank=1, n_observables=5, itemsize=itemsize,
+            dims, times.shape[0], system_rank=1, n_observables=n_obs, itemsize=itemsize,
             reservoir_entropies=reservoir_entropies, time_batch_size=time_batch_size,
         )
         if per_realization > memory_budget:
