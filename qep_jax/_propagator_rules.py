@@ -315,8 +315,9 @@ def _spectral_series(config: SeriesConfig, h, rho0, reservoir_ops, rho_system, s
 spectral_series = jax.custom_jvp(_spectral_series, nondiff_argnums=(0,))
 spectral_series.__doc__ = """Expectation series and reservoir entropies of the unitary evolution under ``H``.
 
-``<O_k>_t = Tr[O_k U(t) rho(0) U(t)^dag]`` with ``U(t) = exp(-i H t)`` for the ``d_s^2`` system
-operators ``|j><i| (x) 1`` and the embedded ``reservoir_ops``; with
+``<O_k>_t = Tr[O_k U(t) rho_h U(t)^dag]`` with ``U(t) = exp(-i H t)`` and ``rho_h`` the Hermitian
+part of ``rho(0)``, for the system operators ``|j><i| (x) 1`` of the :func:`system_pairs` and the
+embedded ``reservoir_ops``; with
 ``config.reservoir_entropies`` also ``S_r(t)`` of ``rho_r(t)`` for
 ``rho(0) = rho_s(0) (x) sqrt_1^2 (x) ...`` (and the joint reservoir entropy for ``K >= 2``).
 
