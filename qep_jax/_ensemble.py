@@ -1,10 +1,11 @@
 """Ensemble runner: spin-GORM realizations streamed in chunks, sharded over devices, summarised.
 
 Realization ``i`` always uses ``goe(fold_in(key(seed), i), N)``, so the numbers depend only on
-the seed and the realization index, never on the chunk size or the number of devices.
+the seed and the realization index, never on the chunk size or the number of devices (up to
+rounding: how realizations are batched can change the last bits).
 Each chunk is evaluated by one jitted ``shard_map``: the chunk's realization indices are split
-over a 1-D device mesh and every device ``vmap``s (accelerators) or loops (CPU) the
-single-realization kernel over its part.
+over a 1-D device mesh and every device ``vmap``s (accelerators) or loops in small batches (CPU)
+the single-realization kernel over its part.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from ._evolve import (
     _evolve_kernel,
     auto_time_batch_size,
     check_times,
+    cpu_realization_batch,
     realization_bytes,
     warn_if_float32,
 )
 from ._open_system import InputError
+from ._propagator_rules import n_series_observables
 from ._random import goe
 from ._statistics import Moments, merge_all
 from ._trajectory import Trajectory
@@ -172,10 +175,14 @@ class MemoryPlan(NamedTuple):
     per_device: int  # realizations one device may hold at once within the budget
 
 
+# Series of the spin-GORM kernel: the independent entries of rho_s(t) and <H_r>.
+_N_OBSERVABLES = n_series_observables(2, 1)
+
+
 def _realization_bytes(n_levels, n_times, itemsize, entropies, time_batch, n_values):
     dims = (2, n_levels)
-    # n_observables = 5: the four rho_s entries and <H_r>; system_rank = 1 (pure initial spin).
-    kernel = realization_bytes(dims, n_times, system_rank=1, n_observables=5, itemsize=itemsize,
+    # system_rank = 1: pure initial spin.
+    kernel = realization_bytes(dims, n_times, system_rank=1, n_observables=_N_OBSERVABLES, itemsize=itemsize,
                                reservoir_entropies=entropies, time_batch_size=time_batch)
     return kernel + n_values * n_times * 8  # the returned float64 series
 
@@ -185,7 +192,8 @@ def plan_memory(n_levels: int, n_times: int, quantities, itemsize: int, memory_b
     entropies = any(QUANTITIES[q].needs_reservoir_entropies for q in quantities)
     n_values = len(quantities)
     block = min(DEFAULT_TIME_BLOCK_BYTES, max(1, memory_budget // 4))
-    time_batch = auto_time_batch_size((2, n_levels), n_times, 1, 5, itemsize, entropies, block_bytes=block)
+    time_batch = auto_time_batch_size((2, n_levels), n_times, 1, _N_OBSERVABLES, itemsize, entropies,
+                                      block_bytes=block)
     per = _realization_bytes(n_levels, n_times, itemsize, entropies, time_batch, n_values)
     if per > memory_budget:
         # What would fit: the budget this run needs, or the largest N within this budget.
@@ -208,13 +216,13 @@ def _format_bytes(n: float) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _chunk_function(mesh: Mesh, n_levels: int, quantities: tuple, entropies: bool, time_batch: int,
-                    vectorize: bool):
+                    vectorize: bool, cpu_batch: int):
     """Jitted ``(model, key, times, indices (C,)) -> {q: (C, T[, K])}``, ``indices`` sharded on the mesh.
 
     ``vectorize``: ``vmap`` the device's realizations (accelerators) or loop over them with
-    ``lax.map`` (CPU: LAPACK works matrix by matrix anyway, and with jax/jaxlib 0.10.2 the vmapped
-    kernel intermittently deadlocked in XLA's CPU runtime, with several host devices and once
-    with one; the looped kernel did not).
+    ``lax.map`` in batches of ``cpu_batch`` (CPU: a small batch keeps the working set in cache and
+    gives the batched host ``eigh`` of ``_linalg`` a batch to spread over the cores; jaxlib's own
+    batched CPU ``eigh``, which deadlocked here, is never called).
     """
 
     def local(model, key, times, indices):
@@ -226,7 +234,7 @@ def _chunk_function(mesh: Mesh, n_levels: int, quantities: tuple, entropies: boo
                                   time_batch_size=time_batch, system_rank=1)
             return {q: QUANTITIES[q].extract(traj) for q in quantities}
 
-        return jax.vmap(one)(indices) if vectorize else jax.lax.map(one, indices)
+        return jax.vmap(one)(indices) if vectorize else jax.lax.map(one, indices, batch_size=cpu_batch)
 
     spec = PartitionSpec(_AXIS)
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), spec),
@@ -334,7 +342,9 @@ def run_ensemble(
     mesh = Mesh(np.array(devices), (_AXIS,))
     entropies = any(QUANTITIES[q].needs_reservoir_entropies for q in quantities)
     vectorize = devices[0].platform != "cpu"
-    fn = _chunk_function(mesh, model.n_levels, quantities, entropies, plan.time_batch_size, vectorize)
+    per_device = chunk_size // n_dev
+    cpu_batch = min(per_device, cpu_realization_batch(plan.realization_bytes))
+    fn = _chunk_function(mesh, model.n_levels, quantities, entropies, plan.time_batch_size, vectorize, cpu_batch)
     key = jax.random.key(seed)
     times_dev = jnp.asarray(times)
     sharding = NamedSharding(mesh, PartitionSpec(_AXIS))

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from . import _linalg
 from ._entropy import von_neumann_entropy
 from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all
 from ._propagator_rules import (SeriesConfig, n_series_observables, spectral_series, system_pairs,
@@ -165,6 +166,23 @@ def realization_bytes(dims: tuple[int, ...], n_times: int, *, system_rank: int, 
         fixed += 2 * total * (system_rank * total // dims[0]) * itemsize
     per_time = time_block_bytes(dims, system_rank, n_observables, itemsize, reservoir_entropies)
     return fixed + min(time_batch_size, n_times) * per_time + n_times * 64 * itemsize
+
+
+# Realizations evaluated together on the CPU (the lax.map batch). Per-realization time of
+# SpinGORM.simulate against this batch (T = 100, 2-core AMD EPYC, BLAS pinned to one thread),
+# cheap set: best at 4-8 for N <= 64 and at 2-4 for N = 128-400; full set: best at 2-4. One batch
+# of the whole ensemble was 10-30% (cheap) and up to 2x (full) slower, its working set out of
+# cache; batch 1 was 20-30% slower at N >= 128, with no batch of eigendecompositions to spread
+# over the cores.
+CPU_BATCH_BYTES = 32 * 2**20
+CPU_MAX_BATCH = 8
+
+
+def cpu_realization_batch(realization_bytes: int) -> int:
+    """Default realizations per ``lax.map`` step on the CPU: as many as fit in ``CPU_BATCH_BYTES``
+    (at most ``CPU_MAX_BATCH``), and at least one per core."""
+    cores = _linalg.host_cores()
+    return int(max(min(CPU_MAX_BATCH, CPU_BATCH_BYTES // max(realization_bytes, 1)), cores))
 
 
 def auto_time_batch_size(dims, n_times, system_rank, n_observables, itemsize, reservoir_entropies,

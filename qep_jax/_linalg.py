@@ -11,8 +11,9 @@ never calls XLA's ``eigh`` on a batch: a batched :func:`eigh` calls NumPy's ``ei
 matrix keeps XLA's kernel, which has no batch to split), and :func:`eigvalsh` NumPy's
 ``eigvalsh`` (``jobz='N'``: ``jnp.linalg.eigvalsh`` computes the eigenvectors and drops them,
 twice the work). When BLAS is pinned to one thread (``OPENBLAS_NUM_THREADS=1``) a batch is split
-over the cores in host threads (NumPy releases the GIL inside LAPACK). On GPU/TPU the native
-solvers are used unchanged.
+over the cores in host threads (NumPy releases the GIL inside LAPACK). A process with several CPU
+devices uses no callbacks (see :func:`_callbacks_safe`): it loops over single matrices with XLA's
+kernel. On GPU/TPU the native solvers are used unchanged.
 
 Derivatives: the JVP is the textbook one (``dE = diag(W^dag dA W)``, eigenvector term with
 ``1/(E_j - E_i)``), as in ``jnp.linalg.eigh``; callers that need correct derivatives at
@@ -47,10 +48,26 @@ def _host_eigh_batched(a: Array) -> tuple[Array, Array]:
     return jax.pure_callback(_host_eigh, out, a, vmap_method="broadcast_all")
 
 
+def _callbacks_safe() -> bool:
+    """Whether a host callback may be used: not when the process has several CPU devices.
+
+    ``pure_callback`` first copies its operands to the *first* CPU device. With several local CPU
+    devices (``--xla_force_host_platform_device_count``) a callback running inside another
+    device's computation waits for that copy forever (observed with jax/jaxlib 0.10.2 under
+    ``shard_map`` on 2 host devices: every thread idle, the callbacks blocked in ``np.asarray``).
+    Such processes loop over single matrices with XLA's kernels instead.
+    """
+    return jax.local_device_count("cpu") < 2
+
+
 def _batching_rule(axis_size, in_batched, a):
     (batched,) = in_batched
     if not batched:
         a = jnp.broadcast_to(a, (axis_size,) + a.shape)
+    if not _callbacks_safe():
+        # A loop whose body calls this custom_vmap function again: an enclosing vmap lands here too,
+        # so XLA's kernel never sees a batch.
+        return jax.lax.map(_eigh_cpu_primal, a), (True, True)
     return _host_eigh_batched(a), (True, True)
 
 
@@ -90,6 +107,14 @@ _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
+def host_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _host_workers() -> int:
     """Host threads for a batch of eigenvalue problems: the usable cores if BLAS is pinned to one
     thread, else 1 (a multithreaded OpenBLAS called from several threads at once runs slower than
@@ -98,10 +123,7 @@ def _host_workers() -> int:
     pinned = os.environ.get("OPENBLAS_NUM_THREADS", os.environ.get("OMP_NUM_THREADS"))
     if pinned is None or pinned.strip() != "1":
         return 1
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return host_cores()
 
 
 def _host_map(fun, a: np.ndarray):
@@ -135,7 +157,25 @@ def _host_eigh(a) -> tuple[np.ndarray, np.ndarray]:
             v.astype(a.dtype, copy=False).reshape(a.shape))
 
 
+@jax.custom_batching.custom_vmap
+def _eigvalsh_xla(a: Array) -> Array:
+    # Several CPU devices (no callbacks): one matrix at a time with XLA's kernel, as in _batching_rule.
+    return jnp.linalg.eigvalsh(a)
+
+
+def _eigvalsh_xla_batching_rule(axis_size, in_batched, a):
+    (batched,) = in_batched
+    if not batched:
+        a = jnp.broadcast_to(a, (axis_size,) + a.shape)
+    return jax.lax.map(_eigvalsh_xla, a), True
+
+
+_eigvalsh_xla.def_vmap(_eigvalsh_xla_batching_rule)
+
+
 def _eigvalsh_cpu_primal(a: Array) -> Array:
+    if not _callbacks_safe():
+        return _eigvalsh_xla(a)
     # jnp.linalg.eigvalsh computes the eigenvectors and drops them: twice the work of jobz='N',
     # which jaxlib does not expose.
     # LAPACK reads one triangle; symmetrize as jnp.linalg.eigvalsh does, so values match it.

@@ -216,3 +216,27 @@ def test_device_count_invariance(model, tmp_path):
     one = _run(model, keep_realizations=True)
     for q in QUANTITIES:
         np.testing.assert_allclose(np.asarray(two[q]), one.series[q], rtol=0, atol=TOL)
+
+
+def test_two_host_devices_with_reservoir_entropies_and_batched_eigh():
+    """Regression: with several CPU devices every host callback hung (pure_callback copies its
+    operands to device 0, which never happened while device 0 was inside its own callback). Every
+    quantity (reservoir entropies: eigenvalue problems per time point) and N = 40, batched per device."""
+    n, r, times = 40, 4, [0.0, 20.0, 40.0]
+    script = textwrap.dedent(f"""
+        import jax, json
+        jax.config.update("jax_enable_x64", True)
+        import qep_jax
+        assert jax.device_count() == 2
+        res = qep_jax.run_ensemble(qep_jax.SpinGORM({n}, 0.1, 0.3, 10.0), {times}, {r}, seed=3,
+                                   keep_realizations=True, chunk_size=4)
+        print(json.dumps({{q: res.series[q].tolist() for q in res.series}}))
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = json.loads(proc.stdout.strip().splitlines()[-1])
+    one = run_ensemble(qep_jax.SpinGORM(n, 0.1, 0.3, 10.0), times, r, seed=3, keep_realizations=True)
+    assert set(two) == set(one.series) and "mutual_information" in two
+    for q in two:
+        np.testing.assert_allclose(np.asarray(two[q]), one.series[q], rtol=0, atol=1e-11)

@@ -13,6 +13,7 @@ from .._evolve import (
     _evolve_kernel,
     auto_time_batch_size,
     check_times,
+    cpu_realization_batch,
     realization_bytes,
     warn_if_float32,
 )
@@ -141,7 +142,8 @@ class SpinGORM:
             times: ``(T,)`` time points.
             n_realizations: number of realizations.
             reservoir_entropies: see :func:`qep_jax.evolve`.
-            batch_size: realizations evaluated together; default from ``memory_budget``.
+            batch_size: realizations evaluated together; default from ``memory_budget``, on the
+                CPU also at most what stays in cache (2-8 here; larger batches ran slower).
             time_batch_size: see :func:`qep_jax.evolve`.
             memory_budget: bytes the batch may use (estimate); a run whose single realization
                 does not fit raises :class:`qep_jax.InputError`.
@@ -173,6 +175,8 @@ class SpinGORM:
             )
         if batch_size is None:
             batch_size = int(max(1, min(n_realizations, memory_budget // per_realization)))
+            if jax.default_backend() == "cpu":
+                batch_size = min(batch_size, cpu_realization_batch(per_realization))
         elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch_size={batch_size!r} must be a positive int.")
         return _simulate_jit(
