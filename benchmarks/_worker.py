@@ -6,7 +6,7 @@ The runner (``_common.run_configs``) starts one fresh process per configuration,
 it reports is that configuration's own.
 
 Config keys: ``route`` (a name in ``_routes.ROUTES`` or ``ours-simulate``), ``n``, ``t``, optional
-``realizations`` (``ours-simulate``), ``repeats`` (default: as many as fit ``budget_s``, at most
+``realizations``, ``batch_size`` and ``full`` (``ours-simulate``), ``repeats`` (default: as many as fit ``budget_s``, at most
 7), ``budget_s`` (default 2), ``seed``.
 """
 
@@ -32,8 +32,9 @@ def _reference(n, x, times, full):
     return _trajectory_series(traj, FULL_KEYS if full else CHEAP_KEYS)
 
 
-def _route_simulate(n, times, realizations, seed):
-    """``SpinGORM.simulate`` of ``realizations`` realizations (cheap set); check: realization 0."""
+def _route_simulate(n, times, realizations, seed, batch_size=None, full=False):
+    """``SpinGORM.simulate`` of ``realizations`` realizations (cheap set unless ``full``), ``batch_size``
+    realizations at a time (``None``: the library's default); check: realization 0."""
     import jax
     import jax.numpy as jnp
 
@@ -45,7 +46,7 @@ def _route_simulate(n, times, realizations, seed):
         return {"entropy_production": np.asarray(out.entropy_production[0]),
                 "system_entropy": np.asarray(out.system_entropy[0])}
 
-    return (lambda: model.simulate(key, t, realizations, reservoir_entropies=False)), extract
+    return (lambda: model.simulate(key, t, realizations, reservoir_entropies=full, batch_size=batch_size)), extract
 
 
 def _check(route, n, x, times, values) -> tuple[float | None, bool | None, str]:
@@ -76,7 +77,8 @@ def run(config: dict) -> dict:
     seed = int(config.get("seed", _common.SEED))
     _, x, times = _common.problem(n, n_times, seed)
     if route == "ours-simulate":
-        fn, extract = _route_simulate(n, times, int(config["realizations"]), seed)
+        fn, extract = _route_simulate(n, times, int(config["realizations"]), seed, config.get("batch_size"),
+                                      bool(config.get("full", False)))
     else:
         fn, extract = ROUTES[route](n, x, times)
     baseline = _common.max_rss_mib()
@@ -84,7 +86,7 @@ def run(config: dict) -> dict:
     peak = _common.max_rss_mib()
     values = extract(out)
     if route == "ours-simulate":
-        ref = _reference(n, x, times, False)
+        ref = _reference(n, x, times, bool(config.get("full", False)))
         err = max(float(np.max(np.abs(values[k] - ref[k]))) for k in values)
         check = (err, err < _common.CHECK_TOL, "realization 0 vs qep_jax.evolve")
     else:

@@ -164,6 +164,16 @@ def markdown(results: Path) -> str:
         parts += ["", "Fitted exponent in T over T >= 100: " + ", ".join(
             f"{LABELS[k]} {_fmt(v)}" for k, v in times["exponents_in_t"].items()), "",
             "![scaling in realizations and time points](results/scaling_batch.png)", ""]
+    if (results / "scaling_batch_size.json").exists():
+        rows = json.loads((results / "scaling_batch_size.json").read_text())["rows"]
+        parts += ["### Realizations per batch (`SpinGORM.simulate(..., batch_size=b)`, CPU)", "",
+                  "`default` is `batch_size=None`, the library's choice.", ""]
+        parts.append(_table(["set", "N", "T", "R", "b", "run / R [s]", "peak RSS [MiB]", "check"],
+                            [["full" if r.get("full") else "cheap", r["n"], r["t"], r["realizations"],
+                              "default" if r.get("batch_size") is None else r["batch_size"],
+                              r.get("run_per_realization_s"), r.get("peak_rss_mib"),
+                              r.get("check_ok") if "error" not in r else r["error"]] for r in rows]))
+        parts.append("")
     return "\n".join(parts)
 
 

@@ -8,7 +8,12 @@ R = 1 ... 64 (time per realization should fall towards a constant as batching am
 dispatch). Time points: ``qep_jax.evolve`` at N = 128 for T = 10 ... 3000, cheap and full set
 (cheap: O(N^3 + T N^2), so the time stays flat until T N^2 ~ N^3; full: O(T N^3)).
 
-Writes ``scaling_realizations.{json,csv}`` and ``scaling_times.{json,csv}`` into ``--out``.
+Batch size: ``SpinGORM.simulate(..., batch_size=b)`` with R = 16 realizations at T = 100 for
+b = 1 ... 16 and the default (``batch_size=None``): cheap set at N = 64 and 200, full set at
+N = 64 and 128 (the evidence for the CPU default of ``qep_jax._evolve.cpu_realization_batch``).
+
+Writes ``scaling_realizations.{json,csv}``, ``scaling_times.{json,csv}`` and
+``scaling_batch_size.{json,csv}`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -41,9 +46,18 @@ def main(argv=None) -> dict:
     time_configs = [dict(route="ours-cheap", n=n_time, t=t, budget_s=args.budget, **extra) for t in time_counts]
     time_configs += [dict(route="ours-full", n=n_time, t=t, budget_s=args.budget, **extra) for t in full_counts]
 
+    if args.tiny:
+        batch_sets, batch_sizes, batch_r = [(8, False), (8, True)], [1, 2, None], 2
+    else:
+        batch_sets, batch_sizes, batch_r = [(64, False), (200, False), (64, True), (128, True)], [1, 2, 4, 8, 16, None], 16
+    batch_configs = [dict(route="ours-simulate", n=n, t=100 if not args.tiny else 5, realizations=batch_r,
+                          batch_size=b, full=full, budget_s=args.budget, **extra)
+                     for n, full in batch_sets for b in batch_sizes]
+
     env = _common.environment()
     rows_r = _common.run_configs(real_configs, in_process=args.in_process)
-    for row in rows_r:
+    rows_b = _common.run_configs(batch_configs, in_process=args.in_process)
+    for row in rows_r + rows_b:
         if "error" not in row:
             row["run_per_realization_s"] = row["run_s"] / row["realizations"]
     rows_t = _common.run_configs(time_configs, in_process=args.in_process)
@@ -56,8 +70,10 @@ def main(argv=None) -> dict:
     _common.write_json(args.out / "scaling_times.json", {"environment": env, "rows": rows_t, "exponents_in_t": fits})
     _common.write_table(args.out / "scaling_realizations.csv", rows_r)
     _common.write_table(args.out / "scaling_times.csv", rows_t)
+    _common.write_json(args.out / "scaling_batch_size.json", {"environment": env, "rows": rows_b})
+    _common.write_table(args.out / "scaling_batch_size.csv", rows_b)
     print("exponents in T (T >= 100):", fits)
-    return {"realizations": rows_r, "times": rows_t, "exponents_in_t": fits}
+    return {"realizations": rows_r, "times": rows_t, "batch_size": rows_b, "exponents_in_t": fits}
 
 
 if __name__ == "__main__":
