@@ -15,9 +15,10 @@ FLOPs are counted analytically per realization (``D = 2N``):
 
 * eigh with eigenvectors: ``9 D^3`` (the Golub & Van Loan count for the symmetric QR algorithm
   with vectors; divide-and-conquer / Jacobi solvers do a similar amount of useful work);
-* basis changes: ``11 D^3`` (system weights ``4 D^3``, ``W^T rho0 W`` ``4 D^3``, ``W^T H_r W``
-  ``3 D^3``) plus the reservoir equilibrium ``eigh`` ``9 N^3``;
-* time points: ``20 D^2`` each (five ``D x D`` weight matrices times the cos and sin vectors).
+* basis changes: ``9 D^3`` (system weights ``2 D^3`` for the two independent entries of
+  ``rho_s``, ``W^T rho0 W`` ``4 D^3``, ``W^T H_r W`` ``3 D^3``) plus the reservoir equilibrium
+  ``eigh`` ``9 N^3``;
+* time points: ``12 D^2`` each (three ``D x D`` weight matrices times the cos and sin vectors).
 
 Writes ``gpu.json`` into ``--out``.
 """
@@ -86,8 +87,8 @@ def eigh_kernels(batch: int, d: int) -> list[str]:
 
 def flops(n: int, n_times: int) -> dict:
     d = 2 * n
-    return {"diagonalization": 9.0 * d**3, "basis_changes": 11.0 * d**3 + 9.0 * n**3,
-            "time_points": 20.0 * d**2 * n_times}
+    return {"diagonalization": 9.0 * d**3, "basis_changes": 9.0 * d**3 + 9.0 * n**3,
+            "time_points": 12.0 * d**2 * n_times}
 
 
 def main(argv=None) -> dict:
