@@ -31,11 +31,11 @@ from ._evolve import (
     warn_if_float32,
 )
 from ._open_system import InputError
-from ._propagator_rules import n_series_observables
 from ._random import goe
 from ._statistics import Moments, merge_all
 from ._trajectory import Trajectory
 from .models import SpinGORM
+from .models._spin_gorm import N_SERIES
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 # Auto chunking aims at this many chunks at least, so progress and resume are fine-grained.
@@ -175,14 +175,10 @@ class MemoryPlan(NamedTuple):
     per_device: int  # realizations one device may hold at once within the budget
 
 
-# Series of the spin-GORM kernel: the independent entries of rho_s(t) and <H_r>.
-_N_OBSERVABLES = n_series_observables(2, 1)
-
-
 def _realization_bytes(n_levels, n_times, itemsize, entropies, time_batch, n_values):
     dims = (2, n_levels)
     # system_rank = 1: pure initial spin.
-    kernel = realization_bytes(dims, n_times, system_rank=1, n_observables=_N_OBSERVABLES, itemsize=itemsize,
+    kernel = realization_bytes(dims, n_times, system_rank=1, n_observables=N_SERIES, itemsize=itemsize,
                                reservoir_entropies=entropies, time_batch_size=time_batch)
     return kernel + n_values * n_times * 8  # the returned float64 series
 
@@ -192,7 +188,7 @@ def plan_memory(n_levels: int, n_times: int, quantities, itemsize: int, memory_b
     entropies = any(QUANTITIES[q].needs_reservoir_entropies for q in quantities)
     n_values = len(quantities)
     block = min(DEFAULT_TIME_BLOCK_BYTES, max(1, memory_budget // 4))
-    time_batch = auto_time_batch_size((2, n_levels), n_times, 1, _N_OBSERVABLES, itemsize, entropies,
+    time_batch = auto_time_batch_size((2, n_levels), n_times, 1, N_SERIES, itemsize, entropies,
                                       block_bytes=block)
     per = _realization_bytes(n_levels, n_times, itemsize, entropies, time_batch, n_values)
     if per > memory_budget:

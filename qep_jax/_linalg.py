@@ -60,10 +60,14 @@ def _callbacks_safe() -> bool:
     return jax.local_device_count("cpu") < 2
 
 
-def _batching_rule(axis_size, in_batched, a):
+def _batched_operand(axis_size, in_batched, a):
+    """The operand of a ``custom_vmap`` rule with the batch axis in front (broadcast if unbatched)."""
     (batched,) = in_batched
-    if not batched:
-        a = jnp.broadcast_to(a, (axis_size,) + a.shape)
+    return a if batched else jnp.broadcast_to(a, (axis_size,) + a.shape)
+
+
+def _batching_rule(axis_size, in_batched, a):
+    a = _batched_operand(axis_size, in_batched, a)
     if not _callbacks_safe():
         # A loop whose body calls this custom_vmap function again: an enclosing vmap lands here too,
         # so XLA's kernel never sees a batch.
@@ -164,10 +168,7 @@ def _eigvalsh_xla(a: Array) -> Array:
 
 
 def _eigvalsh_xla_batching_rule(axis_size, in_batched, a):
-    (batched,) = in_batched
-    if not batched:
-        a = jnp.broadcast_to(a, (axis_size,) + a.shape)
-    return jax.lax.map(_eigvalsh_xla, a), True
+    return jax.lax.map(_eigvalsh_xla, _batched_operand(axis_size, in_batched, a)), True
 
 
 _eigvalsh_xla.def_vmap(_eigvalsh_xla_batching_rule)

@@ -22,6 +22,9 @@ from .._propagator_rules import n_series_observables
 from .._random import goe
 from .._trajectory import Trajectory
 
+# Series the spin-GORM kernel evaluates: the independent entries of rho_s(t) and <H_r>.
+N_SERIES = n_series_observables(2, 1)
+
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 
 
@@ -160,11 +163,10 @@ class SpinGORM:
         warn_if_float32(self.dtype)
         dims = (2, self.n_levels)
         itemsize = jnp.finfo(self.dtype).bits // 8
-        n_obs = n_series_observables(2, 1)
         if time_batch_size is None:
-            time_batch_size = auto_time_batch_size(dims, times.shape[0], 1, n_obs, itemsize, reservoir_entropies)
+            time_batch_size = auto_time_batch_size(dims, times.shape[0], 1, N_SERIES, itemsize, reservoir_entropies)
         per_realization = realization_bytes(
-            dims, times.shape[0], system_rank=1, n_observables=n_obs, itemsize=itemsize,
+            dims, times.shape[0], system_rank=1, n_observables=N_SERIES, itemsize=itemsize,
             reservoir_entropies=reservoir_entropies, time_batch_size=time_batch_size,
         )
         if per_realization > memory_budget:
