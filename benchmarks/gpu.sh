@@ -19,9 +19,9 @@ if ! "$PY" -c 'import jax, sys; sys.exit(0 if any(d.platform == "gpu" for d in j
     echo "gpu.sh: JAX sees no GPU (devices: $("$PY" -c 'import jax; print(jax.devices())' 2>/dev/null)); nothing run." >&2
     exit 2
 fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > /dev/null 2>&1 \
-    && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT.nvidia-smi.txt" || true
 mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > /dev/null 2>&1 \
+    && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/nvidia-smi.txt" || true
 "$PY" benchmarks/gpu_bench.py --out "$OUT"
 "$PY" benchmarks/scaling_n.py --large --routes ours-diag ours-cheap ours-full ours-grad-cheap naive-cheap --out "$OUT"
 echo "GPU results in $OUT"

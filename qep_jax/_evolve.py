@@ -160,10 +160,10 @@ def realization_bytes(dims: tuple[int, ...], n_times: int, *, system_rank: int, 
                       itemsize: int, reservoir_entropies: bool, time_batch_size: int) -> int:
     """Estimated peak working memory of one realization (the bound used to choose batch sizes)."""
     total = math.prod(dims)
-    # H, W, eigh workspace, rho0 and its eigenbasis form, the stacked weights and their transpose.
+    # H, W, eigh workspace, rho0 and its eigenbasis form, the stacked weights and their transpose,
+    # and the factor W^dag (L (x) S) of rho0 in the eigenbasis (with a copy).
     fixed = (8 + 2 * n_observables) * total * total * itemsize
-    if reservoir_entropies:
-        fixed += 2 * total * (system_rank * total // dims[0]) * itemsize
+    fixed += 2 * total * (system_rank * total // dims[0]) * itemsize
     per_time = time_block_bytes(dims, system_rank, n_observables, itemsize, reservoir_entropies)
     return fixed + min(time_batch_size, n_times) * per_time + n_times * 64 * itemsize
 
@@ -268,7 +268,7 @@ def evolve(
         raise InputError(f"open_system must be a qep_jax.OpenSystem, got {type(open_system).__name__}.")
     times = check_times(times, jnp.finfo(open_system.coupling.dtype).dtype)
     warn_if_float32(open_system.coupling.dtype)
-    rank = _static_rank(open_system.rho_system) if reservoir_entropies else open_system.system_dim
+    rank = _static_rank(open_system.rho_system)
     itemsize = jnp.finfo(open_system.coupling.dtype).bits // 8
     if time_batch_size is None:
         time_batch_size = auto_time_batch_size(

@@ -50,13 +50,13 @@ from ._spectral import (
     cross_split,
     gram_split,
     propagate_factor,
+    product_factor_to_eigenbasis,
     propagate_factor_split,
     reduced_from_factor,
     reduced_from_split,
     reservoirs_from_factor,
     split_rows,
     system_last,
-    to_eigenbasis,
 )
 
 # Near/far threshold on |E_a - E_c| * max|t| (see module docstring).
@@ -158,18 +158,27 @@ class _Setup(NamedTuple):
     observables_t: Array  # (n, D, D) O~^T of every observable
     weights: Array  # (n, D, D) rho0~ o O~^T
     total_energy: Array
-    system_factor: Array | None  # (d_s, rank)
-    factor_eig: Array | None  # (D, R) W^dag (L (x) sqrt rho_1^eq (x) ...)
+    system_factor: Array  # (d_s, rank) L, L L^dag = rho_s(0)
+    factor_eig: Array  # (D, R) W^dag (L (x) sqrt rho_1^eq (x) ...)
 
 
 def _setup(config: SeriesConfig, h, rho0, reservoir_ops, rho_system, sqrt_eqs) -> _Setup:
+    # rho0 enters only through its tangent: the primal uses rho(0) = L L^dag (x) S^2 (see below).
+    del rho0
     dims = config.dims
-    d_s, total = dims[0], int(rho0.shape[-1])
+    d_s, total = dims[0], math.prod(dims)
     spectrum = diagonalize(h)
     w = spectrum.vectors
-    # Every output is a real part or a Hermitian part, i.e. a function of herm(rho(0)); using it
-    # here lets the other entries of rho_s(t) follow from the system_pairs.
-    rho0_eig = to_eigenbasis(spectrum, _linalg.hermitian_part(rho0))
+    # rho(0) = (L (x) S)(L (x) S)^dag with S = sqrt(rho_1^eq) (x) ...: W^dag rho(0) W = C C^dag with
+    # C = W^dag (L (x) S), 2 r D^2 (M + M / d_s) flops for rank(rho_s(0)) = r instead of the 4 D^3 of
+    # rotating the dense state. It is Hermitian by construction, so every output is a function of
+    # herm(rho(0)) and the other entries of rho_s(t) follow from the system_pairs.
+    factor = system_factor(rho_system, config.system_rank)
+    sqrt_res = _kron_all(list(sqrt_eqs))
+    dtype = jnp.result_type(w, factor, sqrt_res)
+    factor_eig = product_factor_to_eigenbasis(Spectrum(spectrum.energies, w.astype(dtype)),
+                                              factor.astype(dtype), sqrt_res.astype(dtype))
+    rho0_eig = factor_eig @ factor_eig.conj().T
     # rho_s(t)_ij = <(|j><i| (x) 1)>_t: O~_ba = sum_R conj(W_(jR)b) W_(iR)a, weight M_ab = rho0~_ab O~_ba.
     w_blocks = w.reshape(d_s, total // d_s, total)
     system_t = [w_blocks[i].T @ w_blocks[j].conj() for i, j in system_pairs(d_s)]
@@ -178,11 +187,6 @@ def _setup(config: SeriesConfig, h, rho0, reservoir_ops, rho_system, sqrt_eqs) -
     weights = observables_t * rho0_eig
     # <H> is conserved, so <V>_t = <H>_0 - <H_s>_t - sum_r <H_r>_t needs no observable of its own.
     total_energy = jnp.sum(spectrum.energies * jnp.real(jnp.diagonal(rho0_eig)))
-    factor = factor_eig = None
-    if config.reservoir_entropies:
-        factor = system_factor(rho_system, config.system_rank)
-        full = _kron_all([factor] + list(sqrt_eqs))
-        factor_eig = w.conj().T @ full.astype(jnp.result_type(w, full))
     return _Setup(spectrum.energies, w, rho0_eig, observables_t, weights, total_energy, factor, factor_eig)
 
 
@@ -315,11 +319,14 @@ def _spectral_series(config: SeriesConfig, h, rho0, reservoir_ops, rho_system, s
 spectral_series = jax.custom_jvp(_spectral_series, nondiff_argnums=(0,))
 spectral_series.__doc__ = """Expectation series and reservoir entropies of the unitary evolution under ``H``.
 
-``<O_k>_t = Tr[O_k U(t) rho_h U(t)^dag]`` with ``U(t) = exp(-i H t)`` and ``rho_h`` the Hermitian
-part of ``rho(0)``, for the system operators ``|j><i| (x) 1`` of the :func:`system_pairs` and the
-embedded ``reservoir_ops``; with
-``config.reservoir_entropies`` also ``S_r(t)`` of ``rho_r(t)`` for
-``rho(0) = rho_s(0) (x) sqrt_1^2 (x) ...`` (and the joint reservoir entropy for ``K >= 2``).
+``<O_k>_t = Tr[O_k U(t) rho(0) U(t)^dag]`` with ``U(t) = exp(-i H t)`` and
+``rho(0) = rho_s(0) (x) sqrt_1^2 (x) ...``, for the system operators ``|j><i| (x) 1`` of the
+:func:`system_pairs` and the embedded ``reservoir_ops``; with ``config.reservoir_entropies`` also
+``S_r(t)`` of ``rho_r(t)`` (and the joint reservoir entropy for ``K >= 2``).
+
+Values are computed from ``rho_system`` (its ``config.system_rank`` largest eigenvalues) and
+``sqrt_eqs``; ``rho0`` must be their product state and only carries its tangent into the
+derivative of the expectation series.
 
 Args:
     config: static :class:`SeriesConfig`.

@@ -113,3 +113,20 @@ def test_split_reductions_match_complex_factor():
     joint = _spectral.reduced_from_split(re, im, (total // dims[0], dims[0]), 0)
     np.testing.assert_allclose(joint, _spectral.reservoirs_from_factor(x, dims[0]), atol=1e-12)
     assert moved == (3, 4, 2)
+
+
+def test_product_factor_to_eigenbasis_matches_dense_kronecker():
+    """W^dag (L (x) S) from the row blocks of W equals the dense product, complex and real, any rank."""
+    from qep_jax import _spectral
+
+    rng = np.random.default_rng(5)
+    for d_s, m, rank, real in [(2, 5, 1, True), (3, 4, 2, False), (2, 6, 2, False)]:
+        total = d_s * m
+        spectrum = _spectral.diagonalize(jnp.asarray(random_hermitian(rng, total, real=real)))
+        factor = rng.normal(size=(d_s, rank)) + (0.0 if real else 1j * rng.normal(size=(d_s, rank)))
+        sqrt_res = random_hermitian(rng, m, real=real)
+        got = _spectral.product_factor_to_eigenbasis(spectrum, jnp.asarray(factor), jnp.asarray(sqrt_res))
+        w = np.asarray(spectrum.vectors)
+        assert got.shape == (total, rank * m)
+        assert np.iscomplexobj(got) == (not real)
+        np.testing.assert_allclose(got, w.conj().T @ np.kron(factor, sqrt_res), atol=1e-12)
