@@ -15,9 +15,9 @@ FLOPs are counted analytically per realization (``D = 2N``):
 
 * eigh with eigenvectors: ``9 D^3`` (the Golub & Van Loan count for the symmetric QR algorithm
   with vectors; divide-and-conquer / Jacobi solvers do a similar amount of useful work);
-* basis changes: ``9 D^3`` (system weights ``2 D^3`` for the two independent entries of
-  ``rho_s``, ``W^T rho0 W`` ``4 D^3``, ``W^T H_r W`` ``3 D^3``) plus the reservoir equilibrium
-  ``eigh`` ``9 N^3``;
+* basis changes: ``6.5 D^3`` (system weights ``2 D^3`` for the two independent entries of
+  ``rho_s``, ``W^T rho0 W = C C^T`` from the pure-spin factor ``C`` ``1.5 D^3``, ``W^T H_r W``
+  ``3 D^3``) plus the reservoir equilibrium ``eigh`` ``9 N^3``;
 * time points: ``12 D^2`` each (three ``D x D`` weight matrices times the cos and sin vectors).
 
 Writes ``gpu.json`` into ``--out``.
@@ -111,6 +111,7 @@ def main(argv=None) -> dict:
 
     import qep_jax
     from qep_jax._spectral import diagonalize
+    from qep_jax.models._spin_gorm import N_SERIES
 
     _common.enable_x64()
     device = jax.devices()[0]
@@ -126,7 +127,7 @@ def main(argv=None) -> dict:
     times = jnp.linspace(0.0, _common.T_END, t)
     stats = device.memory_stats() or {}
     budget = int(0.5 * stats["bytes_limit"]) if "bytes_limit" in stats else 2 * 2**30
-    per = qep_jax._evolve.realization_bytes((2, n), t, system_rank=1, n_observables=5, itemsize=8,
+    per = qep_jax._evolve.realization_bytes((2, n), t, system_rank=1, n_observables=N_SERIES, itemsize=8,
                                             reservoir_entropies=False, time_batch_size=t)
     batch = args.batch_size or int(max(1, min(r, budget // per)))
 
