@@ -3,7 +3,8 @@
 H = (Delta/2) sigma_z + H_1 + H_2 + lambda sigma_x (x) (R_1 (x) 1 + 1 (x) R_2), R_r = X_r / sqrt(8 N) with
 independent GOE draws X_r, flat bands H_r = diag(linspace(-1/2, 1/2, N)). Heat currents, D_iS (eq. 10) and
 its split D_iS = I(s:r_1 r_2) + [S_1 + S_2 - S(rho_R)] + sum_r D[rho_r||rho_r^eq] (mutual information,
-inter-reservoir correlation, displacements). Run: python experiments/two_reservoirs.py
+inter-reservoir correlation, displacements), from `qep_jax.SpinTwoGORM.simulate`.
+Run: python experiments/two_reservoirs.py
 """
 
 from __future__ import annotations
@@ -18,23 +19,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import qep_jax
-
-
-def two_reservoir_system(key, n, delta, coupling, beta_hot, beta_cold):
-    """The OpenSystem for one pair of GOE draws (system (x) hot (x) cold, spin in its lower level)."""
-    k1, k2 = jax.random.split(key)
-    r1 = qep_jax.goe(k1, n) / np.sqrt(8.0 * n)
-    r2 = qep_jax.goe(k2, n) / np.sqrt(8.0 * n)
-    eye = jnp.eye(n)
-    sigma_x = jnp.array([[0.0, 1.0], [1.0, 0.0]])
-    h_r = jnp.diag(jnp.linspace(-0.5, 0.5, n))
-    return qep_jax.OpenSystem(
-        h_system=jnp.diag(jnp.array([-delta / 2, delta / 2])),
-        h_reservoirs=[h_r, h_r],
-        betas=jnp.array([beta_hot, beta_cold]),
-        coupling=coupling * jnp.kron(sigma_x, jnp.kron(r1, eye) + jnp.kron(eye, r2)),
-        rho_system=jnp.diag(jnp.array([1.0, 0.0])),
-    )
 
 
 def main():
@@ -56,16 +40,13 @@ def main():
     key = jax.random.key(args.seed)
     fields = ("heat", "entropy_flow", "entropy_production", "mutual_information", "inter_reservoir_correlation",
               "reservoir_relative_entropy", "system_state")
-    runs = {f: [] for f in fields}
+    model = qep_jax.SpinTwoGORM(n_levels=args.n_levels, delta=args.delta, coupling_strength=args.coupling,
+                                beta_hot=args.beta_hot, beta_cold=args.beta_cold)
     start = time.perf_counter()
-    for i in range(args.realizations):
-        system = two_reservoir_system(jax.random.fold_in(key, i), args.n_levels, args.delta, args.coupling,
-                                      args.beta_hot, args.beta_cold)
-        traj = qep_jax.evolve(system, times)
-        for f in fields:
-            runs[f].append(np.asarray(getattr(traj, f)))
+    # Realization i draws (x_hot, x_cold) = model.draw(fold_in(key, i)).
+    traj = jax.block_until_ready(model.simulate(key, times, args.realizations))
     elapsed = time.perf_counter() - start
-    runs = {f: np.stack(v) for f, v in runs.items()}
+    runs = {f: np.asarray(getattr(traj, f)) for f in fields}
     heat, d_is = runs["heat"], runs["entropy_production"]
     mutual, inter = runs["mutual_information"], runs["inter_reservoir_correlation"]
     disp = runs["reservoir_relative_entropy"]
