@@ -174,10 +174,7 @@ def _setup(config: SeriesConfig, h, rho0, reservoir_ops, rho_system, sqrt_eqs) -
     # rotating the dense state. It is Hermitian by construction, so every output is a function of
     # herm(rho(0)) and the other entries of rho_s(t) follow from the system_pairs.
     factor = system_factor(rho_system, config.system_rank)
-    sqrt_res = _kron_all(list(sqrt_eqs))
-    dtype = jnp.result_type(w, factor, sqrt_res)
-    factor_eig = product_factor_to_eigenbasis(Spectrum(spectrum.energies, w.astype(dtype)),
-                                              factor.astype(dtype), sqrt_res.astype(dtype))
+    factor_eig = product_factor_to_eigenbasis(spectrum, factor, _kron_all(list(sqrt_eqs)))
     rho0_eig = factor_eig @ factor_eig.conj().T
     # rho_s(t)_ij = <(|j><i| (x) 1)>_t: O~_ba = sum_R conj(W_(jR)b) W_(iR)a, weight M_ab = rho0~_ab O~_ba.
     w_blocks = w.reshape(d_s, total // d_s, total)
@@ -356,6 +353,7 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
     dims = config.dims
     d_s, n_pairs = dims[0], len(system_pairs(dims[0]))
     e, w = s.energies, s.vectors
+    spectrum = Spectrum(e, w)
     wd = w.conj().T
     ctype = jnp.result_type(w.dtype, jnp.complex64)
     rho, ot = s.rho0_eig, s.observables_t
@@ -397,15 +395,15 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
     if expensive:
         if not all(_is_zero(d) for d in dsqrt):
             dsq = tuple(_zero_if_symbolic(d, q) for d, q in zip(dsqrt, sqrt_eqs))
-            _, dfull = jax.jvp(lambda sq: _kron_all([s.system_factor] + list(sq)), (tuple(sqrt_eqs),), (dsq,))
-            dfactor_eig = wd @ dfull.astype(jnp.result_type(w, dfull))
+            # d(L (x) S) = L (x) dS.
+            _, dsqrt_res = jax.jvp(lambda sq: _kron_all(list(sq)), (tuple(sqrt_eqs),), (dsq,))
+            dfactor_eig = product_factor_to_eigenbasis(spectrum, s.system_factor, dsqrt_res)
         if not _is_zero(drho_system):
             # U (drho_s (x) sigma) U^dag = Z Y^dag with Y = U (1 (x) S), Z = U (drho_s (x) S), S S = sigma:
             # linear in drho_s even where the rank-truncated factor of rho_s(0) cannot follow it.
-            s_res = _kron_all(list(sqrt_eqs))
-            y_type = jnp.result_type(w, s_res, drho_system)
-            y0 = wd @ jnp.kron(jnp.eye(d_s, dtype=y_type), s_res.astype(y_type))
-            y0d = wd @ jnp.kron(drho_system.astype(y_type), s_res.astype(y_type))
+            sqrt_res = _kron_all(list(sqrt_eqs))
+            y0 = product_factor_to_eigenbasis(spectrum, jnp.eye(d_s, dtype=drho_system.dtype), sqrt_res)
+            y0d = product_factor_to_eigenbasis(spectrum, drho_system, sqrt_res)
     expensive_tangent = expensive and (dh_eig is not None or dfactor_eig is not None or with_dt or y0 is not None)
     # Everything real (real symmetric H and dH, real states): propagate real and imaginary parts
     # with real products, as the primal series does.
@@ -474,7 +472,7 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
             return result
         phi = jax.lax.complex(cos, -sin)
         w_phi = w * phi
-        x = propagate_factor(Spectrum(e, w), s.factor_eig, t)
+        x = propagate_factor(spectrum, s.factor_eig, t)
         dx = jnp.zeros_like(x)
         if dh_eig is not None:
             mean = (e[:, None] + e[None, :]) * (t / 2)

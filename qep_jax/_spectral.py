@@ -33,19 +33,16 @@ def diagonalize(h: Array) -> Spectrum:
     return Spectrum(energies, vectors)
 
 
-def to_eigenbasis(spectrum: Spectrum, op: Array) -> Array:
-    """``W^dag op W`` ``(D, D)``."""
-    w = spectrum.vectors
-    return w.conj().T @ (op @ w)
-
-
 def product_factor_to_eigenbasis(spectrum: Spectrum, system_factor: Array, reservoir_factor: Array) -> Array:
-    """``W^dag (L (x) S)`` ``(D, r M)`` for ``L`` ``(d_s, r)`` and ``S`` ``(M, M)``, ``D = d_s M``.
+    """``W^dag (L (x) S)`` ``(D, r M)`` for ``L`` ``(d_s, r)`` and ``S`` ``(M, M)``, ``D = d_s M``,
+    in the common dtype of the three.
 
     Contracting ``L`` into the rows of ``W`` first leaves ``r`` products of ``D x M`` by ``M x M``:
     ``2 r D M^2`` flops instead of the ``2 r D^2 M`` of the dense Kronecker factor.
     """
-    w = spectrum.vectors
+    dtype = jnp.result_type(spectrum.vectors, system_factor, reservoir_factor)
+    w, system_factor, reservoir_factor = (m.astype(dtype) for m in (spectrum.vectors, system_factor,
+                                                                     reservoir_factor))
     d_s, r = system_factor.shape
     m = reservoir_factor.shape[0]
     blocks = w.reshape(d_s, m, w.shape[-1])  # W_(iR)a
