@@ -30,6 +30,7 @@ from ._evolve import (
     realization_bytes,
     warn_if_float32,
 )
+from ._linalg import host_cores
 from ._open_system import InputError
 from ._random import goe
 from ._statistics import Moments, merge_all
@@ -38,7 +39,7 @@ from .models import SpinGORM
 from .models._spin_gorm import N_SERIES
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
-# Auto chunking aims at this many chunks at least, so progress and resume are fine-grained.
+# Auto chunking aims at about this many chunks, so progress and resume are fine-grained.
 TARGET_CHUNKS = 10
 _AXIS = "realization"
 
@@ -238,6 +239,27 @@ def _chunk_function(mesh: Mesh, n_levels: int, quantities: tuple, entropies: boo
     return jax.jit(sharded)
 
 
+def default_chunk_size(n_realizations: int, n_devices: int, per_device_cap: int, granule: int) -> int:
+    """Realizations per chunk when the user gives none.
+
+    About ``n_realizations / TARGET_CHUNKS`` (fine-grained progress and resume), at most
+    ``per_device_cap`` per device (memory), a multiple of ``granule`` per device, and spread
+    evenly over the chunks. On the CPU the granule is the number of cores: a batch of one leaves
+    a core idle in the batched host ``eigh``, and since every chunk is padded to the same shape a
+    ragged last chunk is computed in full and thrown away. With 64 realizations at N = 200 (cheap
+    set, 2 cores) chunks of 7 cost 20.7 ms per realization, chunks of 8 16.5 ms.
+    """
+    step = n_devices * granule
+    cap = max(n_devices, per_device_cap * n_devices)
+    if cap >= step:
+        cap -= cap % step
+    wanted = math.ceil(n_realizations / TARGET_CHUNKS)
+    chunk = min(cap, step * math.ceil(wanted / step))
+    # Even out the chunks: as many as the size above needs, each as small as whole steps allow.
+    n_chunks = math.ceil(n_realizations / chunk)
+    return min(chunk, step * math.ceil(n_realizations / (n_chunks * step)))
+
+
 def _missing_ranges(n_realizations: int, completed: Sequence[ChunkResult]) -> list[tuple[int, int]]:
     done = sorted((c.start, c.stop) for c in completed)
     gaps, cursor = [], 0
@@ -321,9 +343,11 @@ def run_ensemble(
 
     devices = list(jax.devices() if devices is None else devices)
     n_dev = len(devices)
+    vectorize = devices[0].platform != "cpu"
+    cpu_batch = cpu_realization_batch(plan.realization_bytes)
     if chunk_size is None:
-        wanted = math.ceil(n_realizations / TARGET_CHUNKS)
-        chunk_size = min(plan.per_device * n_dev, max(n_dev, wanted))
+        granule = 1 if vectorize else min(cpu_batch, host_cores())
+        chunk_size = default_chunk_size(n_realizations, n_dev, plan.per_device, granule)
     else:
         chunk_size = _check_int("chunk_size", chunk_size, 1)
         if math.ceil(chunk_size / n_dev) > plan.per_device:
@@ -337,9 +361,8 @@ def run_ensemble(
 
     mesh = Mesh(np.array(devices), (_AXIS,))
     entropies = any(QUANTITIES[q].needs_reservoir_entropies for q in quantities)
-    vectorize = devices[0].platform != "cpu"
     per_device = chunk_size // n_dev
-    cpu_batch = min(per_device, cpu_realization_batch(plan.realization_bytes))
+    cpu_batch = min(per_device, cpu_batch)
     fn = _chunk_function(mesh, model.n_levels, quantities, entropies, plan.time_batch_size, vectorize, cpu_batch)
     key = jax.random.key(seed)
     times_dev = jnp.asarray(times)
