@@ -310,7 +310,7 @@ def run_ensemble(
         quantities: names from :data:`QUANTITIES`.
         keep_realizations: also return the ``(R, T[, K])`` per-realization series.
         chunk_size: realizations per chunk (rounded up to a multiple of the device count);
-            default from ``memory_budget`` and at least ~10 chunks per run.
+            default :func:`default_chunk_size` (about ``n_realizations / 10``, within ``memory_budget``).
         memory_budget: bytes each device may use for one chunk (estimate).
         devices: devices of the 1-D mesh; default all devices (all hosts after
             ``jax.distributed.initialize``).
