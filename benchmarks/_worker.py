@@ -5,8 +5,9 @@
 The runner (``_common.run_configs``) starts one fresh process per configuration, so the peak RSS
 it reports is that configuration's own.
 
-Config keys: ``route`` (a name in ``_routes.ROUTES`` or ``ours-simulate``), ``n``, ``t``, optional
-``realizations``, ``batch_size`` and ``full`` (``ours-simulate``), ``repeats`` (default: as many as fit ``budget_s``, at most
+Config keys: ``route`` (a name in ``_routes.ROUTES``, ``ours-simulate`` or ``ours-ensemble``), ``n``,
+``t``, optional ``realizations`` and ``full`` (both), ``batch_size`` (``ours-simulate``), ``chunk_size``
+(``ours-ensemble``), ``repeats`` (default: as many as fit ``budget_s``, at most
 7), ``budget_s`` (default 2), ``seed``.
 """
 
@@ -49,6 +50,25 @@ def _route_simulate(n, times, realizations, seed, batch_size=None, full=False):
     return (lambda: model.simulate(key, t, realizations, reservoir_entropies=full, batch_size=batch_size)), extract
 
 
+def _route_ensemble(n, times, realizations, seed, chunk_size=None, full=False):
+    """``qep_jax.run_ensemble`` (what ``qep-jax run`` calls) over ``realizations`` realizations,
+    default chunking unless ``chunk_size``; cheap quantities (plus the mutual information if
+    ``full``); check: realization 0."""
+    import qep_jax
+
+    model, _, _ = _common.problem(n, 2, seed)
+    quantities = ("entropy_production", "system_entropy") + (("mutual_information",) if full else ())
+
+    def fn():
+        return qep_jax.run_ensemble(model, times, realizations, seed=seed, quantities=quantities,
+                                    keep_realizations=True, chunk_size=chunk_size)
+
+    def extract(out):
+        return {q: np.asarray(out.series[q][0]) for q in quantities}, out.info["chunk_size"]
+
+    return fn, extract
+
+
 def _check(route, n, x, times, values) -> tuple[float | None, bool | None, str]:
     """Largest deviation from an independent value and whether it is within tolerance."""
     if route == "ours-diag":
@@ -79,19 +99,27 @@ def run(config: dict) -> dict:
     if route == "ours-simulate":
         fn, extract = _route_simulate(n, times, int(config["realizations"]), seed, config.get("batch_size"),
                                       bool(config.get("full", False)))
+    elif route == "ours-ensemble":
+        fn, extract = _route_ensemble(n, times, int(config["realizations"]), seed, config.get("chunk_size"),
+                                      bool(config.get("full", False)))
     else:
         fn, extract = ROUTES[route](n, x, times)
     baseline = _common.max_rss_mib()
     out, timing = _common.time_call(fn, repeats=config.get("repeats"), budget_s=config.get("budget_s", 2.0))
     peak = _common.max_rss_mib()
     values = extract(out)
-    if route == "ours-simulate":
+    chunk_used = None
+    if route == "ours-ensemble":
+        values, chunk_used = values
+    if route in ("ours-simulate", "ours-ensemble"):
         ref = _reference(n, x, times, bool(config.get("full", False)))
         err = max(float(np.max(np.abs(values[k] - ref[k]))) for k in values)
         check = (err, err < _common.CHECK_TOL, "realization 0 vs qep_jax.evolve")
     else:
         check = _check(route, n, x, times, values)
     result = dict(config, **timing)
+    if chunk_used is not None:
+        result["chunk_size_used"] = chunk_used
     result.update(
         peak_rss_mib=peak,
         baseline_rss_mib=baseline,

@@ -174,6 +174,21 @@ def markdown(results: Path) -> str:
                               r.get("run_per_realization_s"), r.get("peak_rss_mib"),
                               r.get("check_ok") if "error" not in r else r["error"]] for r in rows]))
         parts.append("")
+    if (results / "scaling_runner.json").exists():
+        rows = json.loads((results / "scaling_runner.json").read_text())["rows"]
+        sim = {(r["n"], r["t"], r["realizations"]): r for r in rows if r["route"] == "ours-simulate"}
+        table = []
+        for r in (r for r in rows if r["route"] == "ours-ensemble"):
+            s = sim.get((r["n"], r["t"], r["realizations"]), {})
+            a, b = r.get("run_per_realization_s"), s.get("run_per_realization_s")
+            table.append([r["n"], r["t"], r["realizations"], r.get("chunk_size_used"), a, b,
+                          a / b if a and b else None,
+                          r.get("check_ok") if "error" not in r else r["error"]])
+        parts += ["### Ensemble runner (`run_ensemble`, what `qep-jax run` calls; cheap set, default chunks)", "",
+                  "Per realization, next to `SpinGORM.simulate` (default batch) on the same realizations.", ""]
+        parts.append(_table(["N", "T", "R", "chunk", "run_ensemble / R [s]", "simulate / R [s]", "ratio",
+                             "check"], table))
+        parts.append("")
     return "\n".join(parts)
 
 
