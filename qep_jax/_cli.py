@@ -136,7 +136,7 @@ OPTIONS = {
     "seed": (_nonnegative_int, "random seed (realization i uses fold_in(key(seed), i))"),
     "quantities": (_quantities, "comma-separated quantities to average (see docs/cli.md)"),
     "precision": (str, "float64 (default, for physics) or float32"),
-    "chunk_size": (_positive_int, "realizations per chunk (default: about R/10, whole per-core batches, within --memory-budget)"),
+    "chunk_size": (_positive_int, "realizations per chunk (default: about R/10, within --memory-budget)"),
     "memory_budget": (parse_bytes, "memory per device for one chunk, e.g. 2GiB"),
     "output": (str, "output file (netCDF4/HDF5)"),
     "figure": (str, "summary figure path (default: output with .png)"),

@@ -30,7 +30,7 @@ from ._evolve import (
     realization_bytes,
     warn_if_float32,
 )
-from ._linalg import host_cores
+from ._linalg import batch_eigh_workers
 from ._open_system import InputError
 from ._random import goe
 from ._statistics import Moments, merge_all
@@ -244,9 +244,10 @@ def default_chunk_size(n_realizations: int, n_devices: int, per_device_cap: int,
 
     About ``n_realizations / TARGET_CHUNKS`` (fine-grained progress and resume), at most
     ``per_device_cap`` per device (memory), a multiple of ``granule`` per device, and spread
-    evenly over the chunks. On the CPU the granule is the number of cores: a batch of one leaves
-    a core idle in the batched host ``eigh``, and since every chunk is padded to the same shape a
-    ragged last chunk is computed in full and thrown away. With 64 realizations at N = 200 (cheap
+    evenly over the chunks. On the CPU the granule is the number of host threads a batched
+    ``eigh`` is split over (the cores when BLAS is pinned to one thread): a shorter batch leaves a
+    core idle. Every chunk is padded to the same shape, so a ragged last chunk is computed in
+    full and thrown away. With 64 realizations at N = 200 (cheap
     set, 2 cores) chunks of 7 cost 20.7 ms per realization, chunks of 8 16.5 ms.
     """
     step = n_devices * granule
@@ -346,7 +347,7 @@ def run_ensemble(
     vectorize = devices[0].platform != "cpu"
     cpu_batch = cpu_realization_batch(plan.realization_bytes)
     if chunk_size is None:
-        granule = 1 if vectorize else min(cpu_batch, host_cores())
+        granule = 1 if vectorize else min(cpu_batch, batch_eigh_workers(2 * model.n_levels))
         chunk_size = default_chunk_size(n_realizations, n_dev, plan.per_device, granule)
     else:
         chunk_size = _check_int("chunk_size", chunk_size, 1)

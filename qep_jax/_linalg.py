@@ -130,6 +130,13 @@ def _host_workers() -> int:
     return host_cores()
 
 
+def batch_eigh_workers(dim: int) -> int:
+    """Host threads a batched CPU eigendecomposition of ``dim x dim`` matrices is split over (1: none)."""
+    if dim < _THREADED_MIN_DIM or not _callbacks_safe():
+        return 1
+    return _host_workers()
+
+
 def _host_map(fun, a: np.ndarray):
     """``fun`` over a batch ``(B, n, n)``, split over the host threads when that pays."""
     global _pool

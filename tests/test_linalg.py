@@ -87,6 +87,18 @@ def test_host_paths_threads_and_dtypes(monkeypatch):
     np.testing.assert_allclose(w32, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_batch_eigh_workers_follows_the_host_split(monkeypatch):
+    """What the ensemble runner sizes its chunks by: the cores only when a batch is really split."""
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert _linalg.batch_eigh_workers(400) == _linalg.host_cores()
+    assert _linalg.batch_eigh_workers(_linalg._THREADED_MIN_DIM - 1) == 1  # small: one NumPy call
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # threaded BLAS: one call, no split
+    assert _linalg.batch_eigh_workers(400) == 1
+    monkeypatch.setattr(_linalg, "_callbacks_safe", lambda: False)  # several CPU devices: no callbacks
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert _linalg.batch_eigh_workers(400) == 1
+
+
 def test_split_reductions_match_complex_factor():
     """Reduced states from [Re X | Im X] equal those from the complex factor X, every factor kept."""
     from qep_jax import _spectral
