@@ -1,8 +1,6 @@
 """``python -m qep_jax`` is the ``qep-jax`` command line."""
 
-import sys
-
-from ._cli import main
+from ._cli import entry_point
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

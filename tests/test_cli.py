@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import textwrap
 
 import h5py
 import numpy as np
@@ -166,6 +167,30 @@ def test_info_and_module_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "qep_jax", "run", "--n-levels", "1"], capture_output=True,
                           text=True, env=env, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_entry_point_pins_blas_unless_the_user_chose(tmp_path):
+    """``qep-jax`` runs LAPACK single-threaded (qep_jax spreads batches over the cores itself)
+    unless a thread count is already set, and then leaves it alone."""
+    code = textwrap.dedent("""
+        import sys, threadpoolctl
+        import qep_jax  # NumPy's BLAS is loaded before the entry point runs, as in the script
+        from qep_jax import _cli
+        pinned = _cli.pin_blas_threads()
+        threads = sorted({i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"})
+        print(pinned, threads)
+        sys.exit(_cli.main(["info"]))
+    """)
+    base = {k: v for k, v in os.environ.items() if k not in _cli._THREAD_VARIABLES}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=base, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("True [1]\n") and "OPENBLAS_NUM_THREADS=1" in proc.stdout
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env=dict(base, OPENBLAS_NUM_THREADS="2"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("False [") and "OPENBLAS_NUM_THREADS=2;" in proc.stdout
+    assert "split over 1 host thread(s)" in proc.stdout
 
 
 def test_resume_after_kill_9_gives_identical_file(tmp_path, monkeypatch, capsys):
