@@ -30,7 +30,7 @@ from ._evolve import (
     realization_bytes,
     warn_if_float32,
 )
-from ._linalg import batch_eigh_workers
+from ._linalg import batch_eigh_workers, hint_blas_threads
 from ._open_system import InputError
 from ._random import goe
 from ._statistics import Moments, merge_all
@@ -364,6 +364,10 @@ def run_ensemble(
     entropies = any(QUANTITIES[q].needs_reservoir_entropies for q in quantities)
     per_device = chunk_size // n_dev
     cpu_batch = min(per_device, cpu_batch)
+    if not vectorize:
+        hint_blas_threads(2 * model.n_levels, cpu_batch)
+        if entropies:
+            hint_blas_threads(model.n_levels, plan.time_batch_size)
     fn = _chunk_function(mesh, model.n_levels, quantities, entropies, plan.time_batch_size, vectorize, cpu_batch)
     key = jax.random.key(seed)
     times_dev = jnp.asarray(times)

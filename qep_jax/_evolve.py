@@ -276,6 +276,8 @@ def evolve(
         )
     elif not isinstance(time_batch_size, int) or time_batch_size < 1:
         raise InputError(f"time_batch_size={time_batch_size!r} must be a positive int.")
+    if reservoir_entropies:  # eigenvalues of the reservoir states, a batch per time chunk
+        _linalg.hint_blas_threads(max(open_system.dims[1:]), min(time_batch_size, times.shape[0]))
     return _evolve_jit(
         open_system, times, reservoir_entropies=reservoir_entropies,
         time_batch_size=int(time_batch_size), system_rank=rank,

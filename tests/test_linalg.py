@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -9,6 +10,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from qep_jax import _linalg
 
@@ -71,8 +73,8 @@ def test_host_paths_threads_and_dtypes(monkeypatch):
     a = np.stack([random_hermitian(rng, 40) for _ in range(5)])
     ref = np.linalg.eigvalsh(a)
     skew = a + 0.3j * np.stack([random_hermitian(rng, 40, real=True) for _ in range(5)])  # not Hermitian
-    for pinned in ("1", "4"):  # threaded split / one NumPy call
-        monkeypatch.setenv("OPENBLAS_NUM_THREADS", pinned)
+    for threads in (1, 4):  # threaded split / one NumPy call
+        monkeypatch.setattr(_linalg, "blas_threads", lambda threads=threads: threads)
         np.testing.assert_allclose(_linalg._host_eigvalsh(a), ref, atol=1e-12)
         out = jax.jit(jax.vmap(_linalg.eigvalsh))(jnp.asarray(a))
         np.testing.assert_allclose(out, ref, atol=1e-12)
@@ -89,14 +91,55 @@ def test_host_paths_threads_and_dtypes(monkeypatch):
 
 def test_batch_eigh_workers_follows_the_host_split(monkeypatch):
     """What the ensemble runner sizes its chunks by: the cores only when a batch is really split."""
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    monkeypatch.setattr(_linalg, "blas_threads", lambda: 1)
     assert _linalg.batch_eigh_workers(400) == _linalg.host_cores()
     assert _linalg.batch_eigh_workers(_linalg._THREADED_MIN_DIM - 1) == 1  # small: one NumPy call
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # threaded BLAS: one call, no split
+    monkeypatch.setattr(_linalg, "blas_threads", lambda: 2)  # threaded BLAS: one call, no split
     assert _linalg.batch_eigh_workers(400) == 1
+    monkeypatch.setattr(_linalg, "blas_threads", lambda: 1)
     monkeypatch.setattr(_linalg, "_callbacks_safe", lambda: False)  # several CPU devices: no callbacks
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     assert _linalg.batch_eigh_workers(400) == 1
+
+
+def test_blas_threads_reads_the_live_setting():
+    """A threadpoolctl limit set after start-up counts, not just OPENBLAS_NUM_THREADS."""
+    code = textwrap.dedent("""
+        import threadpoolctl
+        from qep_jax import _linalg
+        with threadpoolctl.threadpool_limits(2, "blas"):
+            a = _linalg.blas_threads()
+        with threadpoolctl.threadpool_limits(1, "blas"):
+            b = _linalg.blas_threads()
+        print(a, b)
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["2", "1"]
+
+
+def test_hint_once_when_threaded_blas_blocks_the_split(monkeypatch):
+    import warnings
+
+    import qep_jax
+
+    jax.config.update("jax_enable_x64", True)
+    model = qep_jax.SpinGORM(16, 0.1, 0.1, 10.0)  # D = 32: large enough to split
+    times = np.array([0.0, 1.0])
+    monkeypatch.setattr(_linalg, "host_cores", lambda: 2)
+    monkeypatch.setattr(_linalg, "_hinted", False)
+    monkeypatch.setattr(_linalg, "blas_threads", lambda: 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.simulate(jax.random.key(0), times, 2, reservoir_entropies=False)  # pinned: silent
+    monkeypatch.setattr(_linalg, "blas_threads", lambda: 2)
+    with pytest.warns(UserWarning, match="OPENBLAS_NUM_THREADS=1"):
+        model.simulate(jax.random.key(0), times, 2, reservoir_entropies=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.simulate(jax.random.key(0), times, 2, reservoir_entropies=False)  # once per process
+        monkeypatch.setattr(_linalg, "_hinted", False)
+        model.simulate(jax.random.key(0), times, 2, reservoir_entropies=False, batch_size=1)  # no batch
 
 
 def test_split_reductions_match_complex_factor():

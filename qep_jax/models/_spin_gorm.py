@@ -17,6 +17,7 @@ from .._evolve import (
     realization_bytes,
     warn_if_float32,
 )
+from .._linalg import hint_blas_threads
 from .._open_system import InputError, OpenSystem, _is_concrete, check_finite, check_hermitian
 from .._propagator_rules import n_series_observables
 from .._random import goe
@@ -181,6 +182,9 @@ class SpinGORM:
                 batch_size = min(batch_size, cpu_realization_batch(per_realization))
         elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch_size={batch_size!r} must be a positive int.")
+        hint_blas_threads(2 * self.n_levels, min(batch_size, n_realizations))
+        if reservoir_entropies:
+            hint_blas_threads(self.n_levels, time_batch_size)
         return _simulate_jit(
             self, key, times, jnp.asarray(first_realization), n_realizations=int(n_realizations),
             reservoir_entropies=reservoir_entropies, batch_size=int(min(batch_size, n_realizations)),

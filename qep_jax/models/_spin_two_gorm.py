@@ -10,6 +10,7 @@ import numpy as np
 from jax import Array
 
 from .._evolve import _evolve_kernel, check_times, warn_if_float32
+from .._linalg import hint_blas_threads
 from .._open_system import InputError, OpenSystem, _is_concrete, check_finite
 from .._random import goe
 from .._trajectory import Trajectory
@@ -127,6 +128,9 @@ class SpinTwoGORM:
         times = check_times(times)
         warn_if_float32(self.dtype)
         tbs = times.shape[0] if time_batch_size is None else int(time_batch_size)
+        hint_blas_threads(2 * self.n_levels**2, min(batch_size, n_realizations))
+        if reservoir_entropies:
+            hint_blas_threads(self.n_levels, tbs)
         return _simulate_jit(self, key, times, n_realizations=int(n_realizations),
                              reservoir_entropies=reservoir_entropies,
                              batch_size=int(min(batch_size, n_realizations)), time_batch_size=tbs)
