@@ -256,9 +256,16 @@ def default_chunk_size(n_realizations: int, n_devices: int, per_device_cap: int,
         cap -= cap % step
     wanted = math.ceil(n_realizations / TARGET_CHUNKS)
     chunk = min(cap, step * math.ceil(wanted / step))
-    # Even out the chunks: as many as the size above needs, each as small as whole steps allow.
+    # Even out the chunks: for about as many chunks as that size needs (two fewer to two more),
+    # each as small as whole steps allow; keep the count with the least padding, then the nearest.
     n_chunks = math.ceil(n_realizations / chunk)
-    return min(chunk, step * math.ceil(n_realizations / (n_chunks * step)))
+    best = None
+    for n in range(max(1, n_chunks - 2), n_chunks + 3):
+        size = min(cap, step * math.ceil(n_realizations / (n * step)))
+        padding = math.ceil(n_realizations / size) * size - n_realizations
+        if best is None or (padding, abs(n - n_chunks)) < best[0]:
+            best = ((padding, abs(n - n_chunks)), size)
+    return best[1]
 
 
 def _missing_ranges(n_realizations: int, completed: Sequence[ChunkResult]) -> list[tuple[int, int]]:
