@@ -245,12 +245,27 @@ def thermal_state(g: Array, beta: Array) -> tuple[Array, Array, Array, Array, Ar
     ``sqrt_rho = exp(-beta G / 2) / sqrt(Z)``, ``S = -Tr rho ln rho = ln Z + beta <G>``.
     """
     eps, v = _linalg.eigh(g)
-    logits = -beta * eps
-    log_z = jax.nn.logsumexp(logits)
-    p = jnp.exp(logits - log_z)
+    p, log_z, mean = _gibbs_weights(eps, beta)
     rho = (v * p) @ v.conj().T
     sqrt_rho = (v * jnp.sqrt(p)) @ v.conj().T
-    return rho, sqrt_rho, log_z, entropy_from_eigenvalues(p), jnp.sum(p * eps)
+    return rho, sqrt_rho, log_z, entropy_from_eigenvalues(p), mean
+
+
+def _gibbs_weights(eps: Array, beta: Array) -> tuple[Array, Array, Array]:
+    """``(p, ln Z, <G>)`` for the spectrum ``eps`` ``(d,)``, exact to rounding for any energy offset.
+
+    Energies are measured from the level of largest weight: ``p = exp(logits - logsumexp)`` alone
+    sums to ``1 + O(|beta G| eps)``, which a constant offset in ``G`` (physically irrelevant) turns
+    into an error ``O(beta |offset|^2 eps)`` in ``beta <G>_t + ln Z`` (2e-4 nats at offset 1e6, beta 2).
+    """
+    logits = -beta * eps
+    ref = jnp.argmax(logits)
+    shifted = eps - eps[ref]
+    w = jnp.exp(-beta * shifted)
+    total = jnp.sum(w)
+    p = w / total
+    log_z = jnp.log(total) - beta * eps[ref]
+    return p, log_z, eps[ref] + jnp.sum(p * shifted)
 
 
 def _expm1_ratio(y: Array) -> Array:
@@ -266,10 +281,8 @@ def _thermal_state_jvp(primals, tangents):
     value = thermal_state(g, beta)
     eps, v = _linalg.eigh(g)
     logits = -beta * eps
-    log_z = jax.nn.logsumexp(logits)
-    p = jnp.exp(logits - log_z)
+    p, _, mean = _gibbs_weights(eps, beta)
     sqrt_p = jnp.sqrt(p)
-    mean = jnp.sum(p * eps)
     dg_eig = v.conj().T @ _linalg.hermitian_part(dg) @ v
     # Divided differences of p(x) = exp(-beta x - ln Z) on the spectrum, written around the larger
     # of the two weights so nothing overflows: (p_a - p_b) / (e_a - e_b) = -beta max(p) h(-|x_ab|),
@@ -279,10 +292,14 @@ def _thermal_state_jvp(primals, tangents):
     div_sqrt = -beta / 2 * jnp.maximum(sqrt_p[:, None], sqrt_p[None, :]) * _expm1_ratio(-gap / 2)
     deps = jnp.real(jnp.diagonal(dg_eig))
     dlog_z = -dbeta * mean - beta * jnp.sum(p * deps)
-    drho_eig = dg_eig * div_p - jnp.diag(p * (dlog_z + dbeta * eps))
-    dsqrt_eig = dg_eig * div_sqrt - jnp.diag(sqrt_p * (dlog_z + dbeta * eps) / 2)
-    dmean = jnp.sum(p * deps) + jnp.sum(eps * jnp.real(jnp.diagonal(drho_eig)))
-    dentropy = dlog_z + dbeta * mean + beta * dmean
+    # dlog_z + dbeta eps, without cancelling a large energy offset.
+    dlog_p = dbeta * (eps - mean) - beta * jnp.sum(p * deps)
+    drho_eig = dg_eig * div_p - jnp.diag(p * dlog_p)
+    dsqrt_eig = dg_eig * div_sqrt - jnp.diag(sqrt_p * dlog_p / 2)
+    # Tr drho = 0: measure eps from <G> there too, and S = ln Z + beta <G> gives
+    # dS = beta (d<G> - sum p deps) with the offset-sized terms cancelled analytically.
+    dmean = jnp.sum(p * deps) + jnp.sum((eps - mean) * jnp.real(jnp.diagonal(drho_eig)))
+    dentropy = beta * (dmean - jnp.sum(p * deps))
     rotate = lambda m: (v @ m @ v.conj().T).astype(value[0].dtype)  # noqa: E731
     return value, (rotate(drho_eig), rotate(dsqrt_eig), dlog_z, dentropy, dmean)
 

@@ -168,3 +168,26 @@ def test_mixed_state_with_rank_deficiency_uses_exact_factor():
     traj = qep_jax.evolve(system, TIMES)
     ref = dense_reference(h_s, [h_r], np.array([1.3]), coupling, rho_s0, TIMES)
     np.testing.assert_allclose(traj.reservoir_entropy, ref["reservoir_entropy"], atol=1e-10)
+
+
+@pytest.mark.parametrize("offset, beta", [(1e4, 2.0), (-3e3, 5.0)])
+def test_reservoir_energy_offset_changes_nothing(offset, beta):
+    """A constant added to H_r is physically irrelevant: every entropy is unchanged and the energies
+    shift by the constant. The Gibbs weights used to sum to 1 + O(beta |offset| eps), which put an
+    error O(beta offset^2 eps) (1e-8 nats here) into the relative-entropy form eq. 10."""
+    rng = np.random.default_rng(21)
+    d_r = 5
+    h_s = random_hermitian(rng, 2, real=True, scale=0.7)
+    h_r = np.diag(np.sort(rng.uniform(-1, 1, d_r)))
+    coupling = random_hermitian(rng, 2 * d_r, real=True, scale=0.3)
+    rho_s0 = random_density_matrix(rng, 2, pure=False, real=True)
+    plain = qep_jax.evolve(qep_jax.OpenSystem(h_s, h_r, beta, coupling, rho_s0), TIMES, reservoir_entropies=True)
+    moved = qep_jax.evolve(qep_jax.OpenSystem(h_s, h_r + offset * np.eye(d_r), beta, coupling, rho_s0),
+                           TIMES, reservoir_entropies=True)
+    # Absolute rounding of energies ~ |offset| eps; entropies see beta times that.
+    atol = 20 * beta * abs(offset) * np.finfo(float).eps
+    for name, value in plain.fields().items():
+        if name == "reservoir_energy":
+            np.testing.assert_allclose(getattr(moved, name), np.asarray(value) + offset, atol=atol, rtol=0)
+        else:
+            np.testing.assert_allclose(getattr(moved, name), value, atol=atol, rtol=0, err_msg=name)
