@@ -211,12 +211,12 @@ def redfield_state(times, delta, coupling_strength, beta, rho_system0, *, prefac
         prefactor: of :func:`reservoir_spectrum`.
 
     Returns:
-        ``(T, 2, 2)`` complex if ``rho_system0`` has a coherence or is complex, else real.
+        ``(T, 2, 2)`` complex (also for a diagonal ``rho_system0``, so that jit and eager agree).
 
     Example:
         >>> import jax.numpy as jnp, qep_jax
         >>> rho = qep_jax.redfield_state(jnp.array([0.0, 1e4]), 0.1, 0.1, 10.0, jnp.diag(jnp.array([1.0, 0.0])))
-        >>> round(float(rho[-1, 1, 1]), 4)  # 1 / (1 + e^{beta Delta})
+        >>> round(float(rho[-1, 1, 1].real), 4)  # 1 / (1 + e^{beta Delta})
         0.2689
     """
     times = check_times(times)
@@ -227,13 +227,11 @@ def redfield_state(times, delta, coupling_strength, beta, rho_system0, *, prefac
     p_eq = rates.up / rates.relaxation
     decay = jnp.exp(-rates.relaxation * times)
     p_up = p_eq + (jnp.real(rho0[1, 1]) - p_eq) * decay
-    if jnp.iscomplexobj(rho0) or (_is_concrete(rho0) and np.any(np.asarray(rho0)[0, 1] != 0)):
-        coherence = rho0[1, 0] * jnp.exp(-(rates.relaxation / 2 + 1j * delta) * times)
-        rho = jnp.stack([jnp.stack([1 - p_up + 0j, jnp.conj(coherence)], -1),
-                         jnp.stack([coherence, p_up + 0j], -1)], -2)
-        return rho
-    zeros = jnp.zeros_like(p_up)
-    return jnp.stack([jnp.stack([1 - p_up, zeros], -1), jnp.stack([zeros, p_up], -1)], -2)
+    # Always complex: a real coherence rotates into a complex one, and the output type must not
+    # depend on values (under jit they are unknown).
+    coherence = rho0[1, 0] * jnp.exp(-(rates.relaxation / 2 + 1j * delta) * times)
+    return jnp.stack([jnp.stack([1 - p_up + 0j, jnp.conj(coherence)], -1),
+                      jnp.stack([coherence, p_up + 0j], -1)], -2)
 
 
 def open_entropy_production(system_states, h_system, beta, initial_state) -> Array:

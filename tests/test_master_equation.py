@@ -94,6 +94,19 @@ def test_redfield_rates_and_state():
     np.testing.assert_allclose(np.trace(rho, axis1=1, axis2=2), 1.0, rtol=1e-12)
 
 
+def test_redfield_state_keeps_a_real_coherence_under_jit():
+    # The coherence branch used to be chosen from concrete values, so a traced real rho_s(0) lost it.
+    times = jnp.array([0.0, 5.0])
+    rho0 = jnp.array([[0.6, 0.3], [0.3, 0.4]])
+    f = lambda r: redfield_state(times, 0.1, 0.1, 10.0, r)  # noqa: E731
+    eager, jitted = f(rho0), jax.jit(f)(rho0)
+    np.testing.assert_allclose(jitted, eager, rtol=1e-14)
+    np.testing.assert_allclose(eager[0], rho0, rtol=1e-14)
+    g = float(redfield_rates(0.1, 0.1, 10.0).relaxation)
+    np.testing.assert_allclose(eager[1, 1, 0], 0.3 * np.exp(-(g / 2 + 0.1j) * 5.0), rtol=1e-12)
+    assert eager.dtype == jitted.dtype and jnp.iscomplexobj(eager)
+
+
 def test_open_entropy_production_matches_relative_entropy_form():
     h = jnp.diag(jnp.array([-0.3, 0.3]))
     beta = 1.7
