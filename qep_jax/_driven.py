@@ -39,7 +39,7 @@ from . import _linalg
 
 from ._entropy import von_neumann_entropy
 from ._evolve import _apply_on_factor, _equilibrium, _system_factor, warn_if_float32
-from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all, check_finite, check_hermitian
+from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all, check_count, check_finite, check_hermitian
 from ._spectral import reduced_from_factor
 from .protocols import FourierRamp, PiecewiseConstant
 
@@ -382,8 +382,8 @@ def drive(
             f"protocol has {protocol.n_controls} controls but {drives.system.shape[0]} system_drives + "
             f"{drives.coupling.shape[0]} coupling_drives were given; give one drive operator per control."
         )
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise InputError(f"batch_size={batch_size!r} must be a positive int.")
+    if batch_size is not None:
+        batch_size = check_count("batch_size", batch_size)
     warn_if_float32(dtype)
     n_batch = int(open_system.h_system.shape[0]) if batched else 1
     return _drive_jit(

@@ -181,7 +181,9 @@ def relative_entropy(rho: Array, sigma: Array) -> Array:
     """Quantum relative entropy ``D[rho || sigma] = Tr rho ln rho - Tr rho ln sigma >= 0``.
 
     Returns ``+inf`` when ``rho`` has weight (above ``10 n eps``) outside the support of
-    ``sigma``. Zero eigenvalues of ``rho`` follow the ``0 ln 0 = 0`` convention of
+    ``sigma``. The support is resolved like the eigendecomposition resolves it: eigenvalues of
+    ``sigma`` up to ``10 n eps max(1, |sigma|)`` (4.4e-15 for a 2 x 2 in float64) count as zero,
+    so a full-rank ``sigma`` with a smaller eigenvalue also gives ``+inf``. Zero eigenvalues of ``rho`` follow the ``0 ln 0 = 0`` convention of
     :func:`von_neumann_entropy`. Derivatives use eigenvalue divided differences only.
 
     Args:

@@ -14,7 +14,7 @@ from jax import Array
 
 from . import _linalg
 from ._entropy import von_neumann_entropy
-from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all
+from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all, check_count
 from ._propagator_rules import (SeriesConfig, n_series_observables, spectral_series, system_pairs,
                                 system_state_from_pairs, thermal_state)
 from ._propagator_rules import apply_on_factor as _apply_on_factor
@@ -274,8 +274,8 @@ def evolve(
         time_batch_size = auto_time_batch_size(
             open_system.dims, times.shape[0], rank, n_observables(open_system), itemsize, reservoir_entropies
         )
-    elif not isinstance(time_batch_size, int) or time_batch_size < 1:
-        raise InputError(f"time_batch_size={time_batch_size!r} must be a positive int.")
+    else:
+        time_batch_size = check_count("time_batch_size", time_batch_size)
     if reservoir_entropies:  # eigenvalues of the reservoir states, a batch per time chunk
         _linalg.hint_blas_threads(max(open_system.dims[1:]), min(time_batch_size, times.shape[0]))
     return _evolve_jit(

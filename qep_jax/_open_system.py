@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,14 @@ def _is_concrete(x: Any) -> bool:
 def _tolerance(dtype) -> float:
     # ~1.5e-10 in float64, ~3e-6 in float32: loose enough for matrices built with rounding.
     return 0.01 * math.sqrt(float(np.finfo(dtype).eps))
+
+
+def check_count(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as a Python int if it is an integer (Python or NumPy, not bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise InputError(f"{name}={value!r} must be {kind}.")
+    return int(value)
 
 
 def check_finite(name: str, value: np.ndarray) -> None:
@@ -256,7 +265,8 @@ def _validate(h_system, h_res, betas, coupling, rho_system, chemical_potentials,
     if v.shape != (total, total):
         raise InputError(
             f"coupling has shape {v.shape}, expected ({total}, {total}) = system {d_s} x reservoirs "
-            f"{tuple(dims[1:])} in the order s (x) r_1 (x) ... (x) r_K."
+            f"{tuple(dims[1:])} in the order s (x) r_1 (x) ... (x) r_K (d_s from h_system, d_r from "
+            f"h_reservoirs); fix whichever of h_system, h_reservoirs and coupling has the wrong size."
         )
     check_finite("coupling", v)
     check_hermitian("coupling", v)

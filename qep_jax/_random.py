@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from ._open_system import check_count
+
 
 def goe(key: Array, n: int, shape: tuple[int, ...] = (), dtype=None) -> Array:
     """Gaussian orthogonal ensemble with density ``exp(-Tr X^2 / 4)``.
@@ -27,8 +29,7 @@ def goe(key: Array, n: int, shape: tuple[int, ...] = (), dtype=None) -> Array:
         >>> qep_jax.goe(jax.random.key(0), 4, shape=(10,)).shape
         (10, 4, 4)
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"goe: n={n!r} must be a positive int.")
+    n = check_count("n", n)
     shape = tuple(shape)
     a = jax.random.normal(key, shape + (n, n), dtype=dtype or jnp.result_type(float))
     # (A + A^T)/sqrt(2): off-diagonal variance (1 + 1)/2 = 1, diagonal variance 4/2 = 2.

@@ -35,6 +35,8 @@ def test_valid_problem_builds():
         (dict(betas=np.inf), "betas contains NaN or infinite"),
         (dict(betas=[1.0, 2.0]), "betas has shape"),
         (dict(coupling=np.zeros((4, 4))), r"coupling has shape \(4, 4\), expected \(6, 6\)"),
+        # A wrong-size h_system shows up as a coupling mismatch; the message must point at it too.
+        (dict(h_system=np.eye(3)), r"coupling has shape \(6, 6\), expected \(9, 9\).*fix whichever of h_system"),
         (dict(coupling=np.triu(np.ones((6, 6)))), "coupling is not Hermitian"),
         (dict(rho_system=np.diag([0.5, 0.6])), "rho_system has trace"),
         (dict(rho_system=np.diag([1.5, -0.5])), "rho_system has a negative eigenvalue"),
@@ -77,6 +79,30 @@ def test_bad_model_input(key):
         model.simulate(key, [0.0, 1.0], 0)
     with pytest.raises(qep_jax.InputError, match="batch_size"):
         model.simulate(key, [0.0, 1.0], 2, batch_size=-1)
+    with pytest.raises(qep_jax.InputError, match="time_batch_size=0 must be a positive int"):
+        model.simulate(key, [0.0, 1.0], 2, time_batch_size=0)
+    two = qep_jax.SpinTwoGORM(4, 0.1, 0.1, 1.0, 10.0)
+    with pytest.raises(qep_jax.InputError, match="x_hot is not Hermitian"):
+        two.open_system(np.triu(np.ones((4, 4))), np.eye(4))
+    with pytest.raises(qep_jax.InputError, match="x_cold contains NaN"):
+        two.open_system(np.eye(4), np.full((4, 4), np.nan))
+
+
+def test_counts_accept_numpy_integers_and_refuse_bools(key):
+    system = make()
+    a = qep_jax.evolve(system, [0.0, 1.0, 2.0], time_batch_size=np.int64(2))
+    b = qep_jax.evolve(system, [0.0, 1.0, 2.0], time_batch_size=2)
+    np.testing.assert_array_equal(a.entropy_production, b.entropy_production)
+    assert qep_jax.goe(key, np.int32(3)).shape == (3, 3)
+    model = qep_jax.SpinGORM(4, 0.1, 0.1, 10.0)
+    assert model.simulate(key, [0.0, 1.0], np.int64(2), batch_size=np.int64(1),
+                          time_batch_size=np.int64(1)).entropy_production.shape == (2, 2)
+    with pytest.raises(qep_jax.InputError, match="time_batch_size=True must be a positive int"):
+        qep_jax.evolve(system, [0.0, 1.0], time_batch_size=True)
+    with pytest.raises(qep_jax.InputError, match="n=2.5 must be a positive int"):
+        qep_jax.goe(key, 2.5)
+    with pytest.raises(qep_jax.InputError, match="first_realization=-1 must be an int >= 0"):
+        model.simulate(key, [0.0, 1.0], 2, first_realization=-1)
 
 
 def test_memory_refusal(key):

@@ -18,7 +18,7 @@ from .._evolve import (
     warn_if_float32,
 )
 from .._linalg import hint_blas_threads
-from .._open_system import InputError, OpenSystem, _is_concrete, check_finite, check_hermitian
+from .._open_system import InputError, OpenSystem, _is_concrete, check_count, check_finite, check_hermitian
 from .._propagator_rules import n_series_observables
 from .._random import goe
 from .._trajectory import Trajectory
@@ -156,16 +156,16 @@ class SpinGORM:
         Returns:
             :class:`Trajectory` with a leading ``(n_realizations,)`` axis on every field.
         """
-        if isinstance(n_realizations, bool) or not isinstance(n_realizations, (int, np.integer)) or n_realizations < 1:
-            raise InputError(f"n_realizations={n_realizations!r} must be a positive int.")
-        if not isinstance(first_realization, (int, np.integer)) or first_realization < 0:
-            raise InputError(f"first_realization={first_realization!r} must be a non-negative int.")
+        n_realizations = check_count("n_realizations", n_realizations)
+        first_realization = check_count("first_realization", first_realization, minimum=0)
         times = check_times(times, self.dtype)
         warn_if_float32(self.dtype)
         dims = (2, self.n_levels)
         itemsize = jnp.finfo(self.dtype).bits // 8
         if time_batch_size is None:
             time_batch_size = auto_time_batch_size(dims, times.shape[0], 1, N_SERIES, itemsize, reservoir_entropies)
+        else:
+            time_batch_size = check_count("time_batch_size", time_batch_size)
         per_realization = realization_bytes(
             dims, times.shape[0], system_rank=1, n_observables=N_SERIES, itemsize=itemsize,
             reservoir_entropies=reservoir_entropies, time_batch_size=time_batch_size,
@@ -180,8 +180,8 @@ class SpinGORM:
             batch_size = int(max(1, min(n_realizations, memory_budget // per_realization)))
             if jax.default_backend() == "cpu":
                 batch_size = min(batch_size, cpu_realization_batch(per_realization))
-        elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise InputError(f"batch_size={batch_size!r} must be a positive int.")
+        else:
+            batch_size = check_count("batch_size", batch_size)
         hint_blas_threads(2 * self.n_levels, min(batch_size, n_realizations))
         if reservoir_entropies:
             hint_blas_threads(self.n_levels, time_batch_size)

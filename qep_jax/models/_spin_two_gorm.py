@@ -11,7 +11,7 @@ from jax import Array
 
 from .._evolve import _evolve_kernel, check_times, warn_if_float32
 from .._linalg import hint_blas_threads
-from .._open_system import InputError, OpenSystem, _is_concrete, check_finite
+from .._open_system import InputError, OpenSystem, _is_concrete, check_count, check_finite, check_hermitian
 from .._random import goe
 from .._trajectory import Trajectory
 
@@ -90,8 +90,12 @@ class SpinTwoGORM:
         """The problem description for one pair of GOE matrices, each ``(N, N)``."""
         n = self.n_levels
         for name, x in (("x_hot", x_hot), ("x_cold", x_cold)):
-            if _is_concrete(x) and np.shape(x) != (n, n):
-                raise InputError(f"{name} has shape {np.shape(x)}, expected ({n}, {n}) = (n_levels, n_levels).")
+            if _is_concrete(x):
+                arr = np.asarray(x)
+                if arr.shape != (n, n):
+                    raise InputError(f"{name} has shape {arr.shape}, expected ({n}, {n}) = (n_levels, n_levels).")
+                check_finite(name, arr)
+                check_hermitian(name, arr)
         dtype = jnp.result_type(self.dtype, x_hot, x_cold)
         scale = jnp.sqrt(jnp.asarray(8.0 * n, dtype))
         eye = jnp.eye(n, dtype=dtype)
@@ -122,12 +126,11 @@ class SpinTwoGORM:
         Returns:
             :class:`Trajectory` with a leading ``(n_realizations,)`` axis (``K = 2``: hot, cold).
         """
-        for name, value in (("n_realizations", n_realizations), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise InputError(f"{name}={value!r} must be a positive int.")
+        n_realizations = check_count("n_realizations", n_realizations)
+        batch_size = check_count("batch_size", batch_size)
         times = check_times(times)
         warn_if_float32(self.dtype)
-        tbs = times.shape[0] if time_batch_size is None else int(time_batch_size)
+        tbs = times.shape[0] if time_batch_size is None else check_count("time_batch_size", time_batch_size)
         hint_blas_threads(2 * self.n_levels**2, min(batch_size, n_realizations))
         if reservoir_entropies:
             hint_blas_threads(self.n_levels, tbs)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .._open_system import InputError
+from .._open_system import InputError, check_count
 from ._piecewise_constant import PiecewiseConstant
 from ._validate import positive, real_array, register_frozen
 
@@ -75,8 +75,7 @@ class FourierRamp:
 
     def to_piecewise_constant(self, n_steps: int) -> PiecewiseConstant:
         """Sample ``u`` at the midpoints of ``n_steps`` equal steps (midpoint rule, error ``O(1/n_steps^2)``)."""
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-            raise InputError(f"n_steps={n_steps!r} must be a positive int.")
+        n_steps = check_count("n_steps", n_steps)
         dt = self.duration / n_steps
         mids = (jnp.arange(n_steps, dtype=self.duration.dtype) + 0.5) * dt
         return PiecewiseConstant(jnp.full((n_steps,), dt), jax.vmap(self.values)(mids))
