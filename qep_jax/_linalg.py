@@ -44,11 +44,32 @@ def hermitian_part(a: Array) -> Array:
     return (a + jnp.swapaxes(a, -1, -2).conj()) / 2
 
 
+def _eigh_jvp(eigh, primals, tangents):
+    """Textbook derivative of ``eigh`` (divides by eigenvalue gaps), computed with ``eigh`` itself."""
+    (a,), (da,) = primals, tangents
+    # Calling the differentiable ``eigh`` (not a bare callback) keeps the rule differentiable, so
+    # second derivatives work, also where JAX re-runs a primal inside a derivative (checkpoint).
+    w, v = eigh(a)
+    da = hermitian_part(da)
+    vdag_da_v = jnp.swapaxes(v, -1, -2).conj() @ da @ v
+    dw = jnp.real(jnp.diagonal(vdag_da_v, axis1=-2, axis2=-1))
+    n = a.shape[-1]
+    eye = jnp.eye(n, dtype=w.dtype)
+    gaps = w[..., None, :] - w[..., :, None]
+    f = jnp.where(eye > 0, 0.0, 1.0 / jnp.where(eye > 0, 1.0, gaps))
+    dv = v @ (f.astype(vdag_da_v.dtype) * vdag_da_v)
+    return (w, v), (dw.astype(w.dtype), dv)
+
+
+@jax.custom_jvp
 def _host_eigh_batched(a: Array) -> tuple[Array, Array]:
     # LAPACK reads one triangle; symmetrize as jnp.linalg.eigh does, so results match it.
     a = hermitian_part(a)
     out = (jax.ShapeDtypeStruct(a.shape[:-1], jnp.finfo(a.dtype).dtype), jax.ShapeDtypeStruct(a.shape, a.dtype))
     return jax.pure_callback(_host_eigh, out, a, vmap_method="broadcast_all")
+
+
+_host_eigh_batched.defjvp(functools.partial(_eigh_jvp, _host_eigh_batched))
 
 
 def _callbacks_safe() -> bool:
@@ -93,19 +114,7 @@ def _eigh_cpu(a: Array) -> tuple[Array, Array]:
     return _eigh_cpu_primal(a)
 
 
-@_eigh_cpu.defjvp
-def _eigh_cpu_jvp(primals, tangents):
-    (a,), (da,) = primals, tangents
-    w, v = _eigh_cpu_primal(a)
-    da = hermitian_part(da)
-    vdag_da_v = jnp.swapaxes(v, -1, -2).conj() @ da @ v
-    dw = jnp.real(jnp.diagonal(vdag_da_v, axis1=-2, axis2=-1))
-    n = a.shape[-1]
-    eye = jnp.eye(n, dtype=w.dtype)
-    gaps = w[..., None, :] - w[..., :, None]
-    f = jnp.where(eye > 0, 0.0, 1.0 / jnp.where(eye > 0, 1.0, gaps))
-    dv = v @ (f.astype(vdag_da_v.dtype) * vdag_da_v)
-    return (w, v), (dw.astype(w.dtype), dv)
+_eigh_cpu.defjvp(functools.partial(_eigh_jvp, _eigh_cpu))
 
 
 # Small matrices are not worth dispatching to threads (threshold chosen, not tuned).
@@ -232,10 +241,26 @@ def _eigvalsh_cpu_primal(a: Array) -> Array:
         return _eigvalsh_xla(a)
     # jnp.linalg.eigvalsh computes the eigenvectors and drops them: twice the work of jobz='N',
     # which jaxlib does not expose.
+    return _host_eigvalsh_call(a)
+
+
+def _eigvalsh_jvp(primals, tangents):
+    (a,), (da,) = primals, tangents
+    w, v = _flat_vmap(_eigh_cpu, a)  # differentiable, as in _eigh_jvp
+    da = hermitian_part(da)
+    dw = jnp.real(jnp.einsum("...ji,...jk,...ki->...i", v.conj(), da, v))
+    return w, dw.astype(w.dtype)
+
+
+@jax.custom_jvp
+def _host_eigvalsh_call(a: Array) -> Array:
     # LAPACK reads one triangle; symmetrize as jnp.linalg.eigvalsh does, so values match it.
     a = hermitian_part(a)
     out = jax.ShapeDtypeStruct(a.shape[:-1], jnp.finfo(a.dtype).dtype)
     return jax.pure_callback(_host_eigvalsh, out, a, vmap_method="broadcast_all")
+
+
+_host_eigvalsh_call.defjvp(_eigvalsh_jvp)
 
 
 @jax.custom_jvp
@@ -243,13 +268,7 @@ def _eigvalsh_cpu(a: Array) -> Array:
     return _eigvalsh_cpu_primal(a)
 
 
-@_eigvalsh_cpu.defjvp
-def _eigvalsh_cpu_jvp(primals, tangents):
-    (a,), (da,) = primals, tangents
-    w, v = _eigh_cpu_primal(a)
-    da = hermitian_part(da)
-    dw = jnp.real(jnp.einsum("...ji,...jk,...ki->...i", v.conj(), da, v))
-    return w, dw.astype(w.dtype)
+_eigvalsh_cpu.defjvp(_eigvalsh_jvp)
 
 
 def _flat_vmap(fun, a):
