@@ -195,3 +195,36 @@ def test_long_time_limit_is_shell_not_canonical(exact_excitation):
     red = float(redfield_prediction(model, TIMES).excited_population[late].mean())
     assert abs(mean - red) > 50 * se
     assert abs(mean - shell) < 0.25 * abs(red - shell), (mean, se, shell, red)
+
+
+def test_band_edge_and_high_temperature_limits():
+    # Delta = 1: both rates vanish (a(+-1) = 0); the thermal sigma_z_eq and a frozen state, not 0/0.
+    rates = redfield_rates(1.0, 0.1, 2.0)
+    assert float(rates.relaxation) == 0.0
+    np.testing.assert_allclose(rates.sigma_z_eq, -np.tanh(1.0), rtol=1e-14)
+    rho = redfield_state(jnp.array([0.0, 5.0]), 1.0, 0.1, 2.0, jnp.diag(jnp.array([1.0, 0.0])))
+    np.testing.assert_allclose(rho[:, 1, 1], 0.0, atol=1e-15)
+    # d a(w)/d beta at beta = 0 is prefactor w (1 - w) / 2 (the small-beta branch used to be constant).
+    f = lambda b: reservoir_spectrum(0.3, b)  # noqa: E731
+    np.testing.assert_allclose(jax.grad(f)(0.0), 0.3 * 0.7 / 2 / 8, rtol=1e-10)
+    np.testing.assert_allclose(jax.grad(f)(0.0), (f(1e-4) - f(-1e-4)) / 2e-4, rtol=1e-7)
+
+
+def test_shell_reservoir_populations_are_normalised():
+    # Delta = 0.1 is not a multiple of the spacing 1/99: q must still sum to 1 (it missed by 1.8e-3),
+    # which shows up as a displacement that is a relative entropy of normalised distributions.
+    model = qep_jax.SpinGORM(n_levels=100, delta=0.1, coupling_strength=0.1, beta=10.0)
+    times = jnp.array([0.0, 50.0, 1e4])
+    pred = shell_prediction(model, times)
+    e = np.asarray(model.reservoir_energies())
+    p = np.exp(-10.0 * (e - e.min()))
+    p /= p.sum()
+    tol = 1e-9 / 99
+    low, high = e < -0.4 - tol, e > 0.4 + tol
+    pair = p[e >= -0.4 - tol].sum()
+    for k, t in enumerate(np.asarray(times)):
+        f = (1 - np.exp(-2 * 2 * np.pi * 0.01 / 8 * t)) / 2
+        c = pair / p[~high].sum()
+        q = p * np.where(low, 1 + f * c, np.where(high, 1 - f, 1 - f + f * c))
+        np.testing.assert_allclose(q.sum(), 1.0, atol=1e-14)
+        np.testing.assert_allclose(pred.reservoir_relative_entropy[k], np.sum(q * np.log(q / p)), atol=1e-13)
