@@ -367,6 +367,24 @@ def test_time_zero_and_pure_state(goe_matrix):
         np.testing.assert_allclose(jac[name][0], 0.0, atol=1e-10, err_msg=name)
 
 
+@pytest.mark.parametrize("rho_s0", [[1.0, 0.0], [0.5, 0.5]], ids=["pure", "maximally-mixed"])
+def test_time_zero_derivative_with_respect_to_rho_s_vanishes(goe_matrix, rho_s0):
+    """D_iS(0) = I(0) = 0 for every rho_s(0), so their derivatives along rho_s(0) vanish. The series
+    rebuilt rho_s(t = 0) with a rounding eigenvalue ~eps, and d D_iS(0) came out ~34 at |0><0|."""
+    s = qep_jax.SpinGORM(N_LEVELS, 0.37, 0.3, 2.0).open_system(goe_matrix)
+
+    def at_zero(rho):
+        traj = qep_jax.evolve(qep_jax.OpenSystem(s.h_system, s.h_reservoirs, s.betas, s.coupling, rho),
+                              jnp.array([0.0, 1.0]))
+        return jnp.stack([traj.entropy_production[0], traj.mutual_information[0],
+                          traj.system_entropy[0] - qep_jax.von_neumann_entropy(rho)])
+
+    rho = jnp.diag(jnp.array(rho_s0))
+    values, derivative = jax.jvp(at_zero, (rho,), (jnp.diag(jnp.array([-1.0, 1.0])),))
+    np.testing.assert_allclose(values, 0.0, atol=1e-14)
+    np.testing.assert_allclose(derivative, 0.0, atol=1e-12)
+
+
 def test_pure_state_derivative_with_respect_to_rho_s():
     """At rho_s(0) = |0><0| the derivative along diag(-1, 1) (into the state space) is finite; the
     quantities linear in rho_s(0) match a one-sided difference (exact for linear functions)."""
