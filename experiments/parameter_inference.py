@@ -55,6 +55,7 @@ def parse_args():
     p.add_argument("--learning-rate", type=float, default=0.02, help="initial rate, cosine-decayed to 0")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="parameter_inference")
+    p.add_argument("--out-dir", default=None, help="where to write the results (default experiments/results)")
     return p.parse_args()
 
 
@@ -133,16 +134,17 @@ def main():
         "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {platform.processor() or platform.machine()}, "
                   f"{os.cpu_count()} cores, jax {jax.__version__}",
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2))
-    np.savez(RESULTS / f"{args.name}.npz", times=np.asarray(times), data=np.asarray(data), clean=np.asarray(clean),
+    out = Path(args.out_dir) if args.out_dir else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2))
+    np.savez(out / f"{args.name}.npz", times=np.asarray(times), data=np.asarray(data), clean=np.asarray(clean),
              fit=fit, start=start, history=np.asarray(history), jacobian=np.asarray(jac), covariance=cov)
-    plot(args, np.asarray(times), np.asarray(data), np.asarray(clean), fit, start, np.asarray(history), summary)
+    plot(args, out, np.asarray(times), np.asarray(data), np.asarray(clean), fit, start, np.asarray(history), summary)
     print(json.dumps({k: summary[k] for k in ("recovered", "std_fisher", "z_scores", "chi2_per_dof",
                                               "compile_seconds", "optimisation_seconds", "device")}, indent=1))
 
 
-def plot(args, times, data, clean, fit, start, history, summary):
+def plot(args, out, times, data, clean, fit, start, history, summary):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,7 +175,7 @@ def plot(args, times, data, clean, fit, start, history, summary):
     ax.set_title(f"N = {args.n_levels}, {args.realizations} realizations, beta = {args.beta}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{args.name}.png", dpi=120)
+    fig.savefig(out / f"{args.name}.png", dpi=120)
 
 
 if __name__ == "__main__":
