@@ -47,8 +47,9 @@ def hermitian_part(a: Array) -> Array:
 def _eigh_jvp(eigh, primals, tangents):
     """Textbook derivative of ``eigh`` (divides by eigenvalue gaps), computed with ``eigh`` itself."""
     (a,), (da,) = primals, tangents
-    # Calling the differentiable ``eigh`` (not a bare callback) keeps the rule differentiable, so
-    # second derivatives work, also where JAX re-runs a primal inside a derivative (checkpoint).
+    # Calling the differentiable ``eigh`` (not a bare callback) keeps the rule differentiable:
+    # differentiating it again (a second derivative) applies this rule again. It does not help where
+    # JAX has already replaced a custom_jvp by its primal (forward over reverse through a loop).
     w, v = eigh(a)
     da = hermitian_part(da)
     vdag_da_v = jnp.swapaxes(v, -1, -2).conj() @ da @ v
