@@ -127,9 +127,13 @@ def _hermitian_propagator_jvp(primals, tangents):
     half_sum = (energies[:, None] + energies[None, :]) / 2
     x = dt * (energies[:, None] - energies[None, :]) / 2
     divided = -1j * dt * jnp.exp(-1j * dt * half_sum) * jnp.sinc(x / jnp.pi)
-    dh_eig = vectors.conj().T @ dh @ vectors
+    # The primal depends on the Hermitian part of h only (eigh symmetrizes), so its derivative is
+    # that of dh's Hermitian part: an anti-Hermitian direction changes nothing, and a gradient with
+    # respect to a Hermitian input comes out Hermitian.
+    dh_eig = vectors.conj().T @ _linalg.hermitian_part(dh) @ vectors
     d_value = vectors @ (divided * dh_eig) @ vectors.conj().T
-    d_value = d_value - 1j * ddt * (h @ value)
+    # d/d(dt) = -i h U with the same Hermitian h the primal used.
+    d_value = d_value - 1j * ddt * ((vectors * (energies * phases)) @ vectors.conj().T)
     return value, d_value
 
 

@@ -381,3 +381,38 @@ def test_input_errors(problem):
         qep_jax.drive(two, good, system_drives=[a])
     with pytest.raises(InputError, match="beta"):
         qep_jax.landauer_bounds(0.5, np.arange(4.0), 0.0)
+
+
+# ---------------------------------------------------------------- derivatives w.r.t. Hermitian inputs
+
+
+def test_gradients_wrt_hermitian_inputs_are_hermitian(problem):
+    """The result depends on the Hermitian part of every operator only (eigh symmetrizes), so its
+    derivative along an anti-Hermitian direction is 0 and gradients are Hermitian. Before the fix the
+    propagator's JVP used dh as given: max|g - g^dag| was of the size of g itself."""
+    protocol = PiecewiseConstant(np.full(3, 0.7), np.array([[0.5, 0.3], [-0.4, 0.6], [0.2, -0.1]]))
+    p = problem
+
+    def loss(a, b, v, h_s):
+        system = qep_jax.OpenSystem(h_s, p["h_r"], BETA, v, p["rho_s"])
+        return qep_jax.drive(system, protocol, system_drives=[a], coupling_drives=[b]).dissipated_work[-1]
+
+    args = tuple(jnp.asarray(p[k], complex) for k in ("a", "b", "v", "h_s"))
+    grads = jax.grad(loss, argnums=(0, 1, 2, 3))(*args)
+    rng = np.random.default_rng(4)
+    for i, g in enumerate(grads):
+        g = np.asarray(g)
+        assert np.max(np.abs(g)) > 1e-3
+        np.testing.assert_allclose(g, g.conj().T, atol=1e-12, err_msg=str(i))
+        n = g.shape[0]
+        anti = 1j * _hermitian(rng, n)  # anti-Hermitian: the primal does not move along it
+        tangents = tuple(jnp.asarray(anti) if j == i else jnp.zeros_like(args[j]) for j in range(4))
+        assert abs(float(jax.jvp(loss, args, tangents)[1])) < 1e-12, i
+    # Hermitian direction: JVP against central differences.
+    direction = jnp.asarray(_hermitian(rng, D_S * D_R))
+    eps = 1e-5
+    fd = (loss(args[0], args[1] + eps * direction, *args[2:]) - loss(args[0], args[1] - eps * direction, *args[2:]))
+    jvp = jax.jvp(lambda b: loss(args[0], b, *args[2:]), (args[1],), (direction,))[1]
+    np.testing.assert_allclose(float(jvp), float(fd) / (2 * eps), atol=1e-8)
+    # A gradient step keeps every operator Hermitian (it raised InputError before).
+    loss(*(x - 0.1 * g for x, g in zip(args, grads)))
