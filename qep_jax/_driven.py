@@ -20,6 +20,8 @@ residuals per step, or recompute them with ``checkpoint=True``).
 
 Every exponential is differentiated with the Daleckii-Krein formula (divided differences
 ``(e^{-iE_a dt} - e^{-iE_b dt})/(E_a - E_b)`` written with ``sinc``), exact at degenerate levels.
+Derivatives with respect to ``rho_s(0)`` use the linearity of the recorded observables in ``rho(0)``
+(:func:`_linear_series`), finite at pure and degenerate ``rho_s(0)``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+from jax.custom_derivatives import SymbolicZero
 
 from . import _linalg
 
@@ -152,49 +155,128 @@ def _embedded_drives(system: OpenSystem, drives: _Drives) -> Array:
     return jnp.stack(mats)
 
 
-def _observe(system: OpenSystem, drives: _Drives, h: Array, x: Array):
-    """``rho_s``, ``<H_r>``, ``<H>`` and the drive expectations ``<G_j>`` for ``rho = X X^dag``."""
+class _Series(NamedTuple):
+    """What a propagation records, ``T`` times: every entry is linear in ``rho(0)`` for a fixed protocol."""
+
+    system_state: Array  # (T, d_s, d_s) rho_s(t)
+    reservoir_energy: Array  # (T,) <H_r>_t
+    energy: Array  # (T,) <H(t)>_t
+    drive_expectations: Array  # (T, n_controls) <G_j>_t
+
+
+def _observe(system: OpenSystem, drives: _Drives, h: Array, x: Array, y: Array) -> _Series:
+    """``rho_s``, ``<H_r>``, ``<H>`` and ``<G_j>`` of ``rho = X Y^dag`` (Hermitian); ``X, Y`` are ``(D, R)``.
+
+    ``Y = X`` is the state itself; a different ``Y`` carries a tangent of ``rho_s(0)`` (see
+    :func:`_linear_series`). ``Re Tr[O X Y^dag] = Tr[O rho]`` for Hermitian ``O`` and ``rho``.
+    """
     dims = system.dims
-    rho_s = reduced_from_factor(x, dims, 0)
-    rho_s = _linalg.hermitian_part(rho_s)
-    reservoir_energy = jnp.real(jnp.vdot(x, _apply_on_factor(system.h_reservoirs[0], x, dims, 1)))
-    energy = jnp.real(jnp.vdot(x, h @ x))
+    xt = x.reshape(dims[0], -1, x.shape[-1])
+    yt = y.reshape(dims[0], -1, y.shape[-1])
+    rho_s = _linalg.hermitian_part(jnp.einsum("arn,brn->ab", xt, yt.conj()))
+    reservoir_energy = jnp.real(jnp.vdot(y, _apply_on_factor(system.h_reservoirs[0], x, dims, 1)))
+    energy = jnp.real(jnp.vdot(y, h @ x))
     g_sys = jnp.real(jnp.einsum("jab,ba->j", drives.system, rho_s))
-    g_cpl = jnp.real(jnp.einsum("dr,jde,er->j", x.conj(), drives.coupling, x))
-    return rho_s, reservoir_energy, energy, jnp.concatenate([g_sys, g_cpl])
+    g_cpl = jnp.real(jnp.einsum("dr,jde,er->j", y.conj(), drives.coupling, x))
+    return _Series(rho_s, reservoir_energy, energy, jnp.concatenate([g_sys, g_cpl]))
 
 
-def _initial_factor(system: OpenSystem, rank: int):
-    eq = _equilibrium(system, 0)
-    factor = _kron_all([_system_factor(system.rho_system, rank), eq.sqrt_rho])
-    return factor.astype(jnp.result_type(factor, jnp.complex64)), eq
+def _propagate_factors(step_hamiltonians, system, drives, factors, scan_inputs, final_h, *, checkpoint):
+    """Carry ``factors = (X,)`` (``rho = X X^dag``) or ``(X, Y)`` (``X Y^dag``) through the steps.
 
+    ``step_hamiltonians(input) -> (H at the record, [(H_k, dt_k) exponentials applied in order])``.
+    Returns the :class:`_Series` at every step start and at the end (``final_h``).
+    """
 
-def _piecewise_kernel(system, drives, protocol: PiecewiseConstant, *, rank: int, checkpoint: bool):
-    generators = _embedded_drives(system, drives)
-    h_base = system.hamiltonian()
-    x0, eq = _initial_factor(system, rank)
+    def observe(h, fs):
+        return _observe(system, drives, h, fs[0], fs[-1])
 
-    def hamiltonian(u):
-        return h_base + jnp.tensordot(u, generators, axes=1)
-
-    def step(x, inputs):
-        u, dt = inputs
-        h = hamiltonian(u)
-        obs = _observe(system, drives, h, x)
-        return hermitian_propagator(h, dt) @ x, obs
+    def step(fs, inputs):
+        h_record, exponentials = step_hamiltonians(inputs)
+        obs = observe(h_record, fs)
+        for h, dt in exponentials:
+            u = hermitian_propagator(h, dt)
+            fs = tuple(u @ f for f in fs)
+        return fs, obs
 
     if checkpoint:
         step = jax.checkpoint(step)
-    x_final, series = jax.lax.scan(step, x0, (protocol.values, protocol.durations))
-    u_last = protocol.values[-1]
-    final = _observe(system, drives, hamiltonian(u_last), x_final)
-    rho_s, res_e, energy, g = (jnp.concatenate([s, f[None]]) for s, f in zip(series, final))
-    controls = jnp.concatenate([protocol.values, u_last[None]])
+    fs_final, series = jax.lax.scan(step, factors, scan_inputs)
+    final = observe(final_h, fs_final)
+    return _Series(*(jnp.concatenate([a, b[None]]) for a, b in zip(series, final)))
+
+
+def _initial_factor(system: OpenSystem, rho_system: Array, rank: int) -> Array:
+    """``X0 = L (x) sqrt(rho_r^eq)``, ``L L^dag = rho_s(0)`` of rank ``rank``: ``(D, rank d_r)`` complex."""
+    eq = _equilibrium(system, 0)
+    factor = _kron_all([_system_factor(rho_system, rank), eq.sqrt_rho])
+    return factor.astype(jnp.result_type(factor, jnp.complex64))
+
+
+def _zeros_for(tangent, primal):
+    return jnp.zeros_like(primal) if isinstance(tangent, SymbolicZero) else tangent
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _linear_series(propagate, rank, rho_system, system, drives, protocol) -> _Series:
+    """``propagate(system, drives, protocol, (X0,))`` with ``X0`` built from ``rho_s(0)``.
+
+    The primal keeps the rank-``r`` factor (cost ``O(D^2 r d_r)`` per step). The factor is an eigh
+    and a square root of ``rho_s(0)``, whose derivatives are infinite at pure or degenerate states
+    (``|0><0|``, ``I/2``); the rule below never differentiates them: every recorded quantity is linear
+    in ``rho(0) = rho_s(0) (x) rho_r^eq``, so its derivative along ``d rho_s`` is the same propagation
+    of ``d rho_s (x) rho_r^eq = X Y^dag`` with ``X = d rho_s (x) S``, ``Y = 1 (x) S``, ``S = sqrt(rho_r^eq)``.
+    """
+    return propagate(system, drives, protocol, (_initial_factor(system, rho_system, rank),))
+
+
+def _linear_series_jvp(propagate, rank, primals, tangents):
+    rho_system, system, drives, protocol = primals
+    drho, dsystem, ddrives, dprotocol = tangents
+
+    def at_fixed_initial_state(system, drives, protocol):
+        # rho_system is a constant here: its eigh and square root are not differentiated.
+        return propagate(system, drives, protocol, (_initial_factor(system, rho_system, rank),))
+
+    rest = (system, drives, protocol)
+    drest = jax.tree_util.tree_map(_zeros_for, (dsystem, ddrives, dprotocol), rest,
+                                   is_leaf=lambda t: isinstance(t, SymbolicZero))
+    series, dseries = jax.jvp(at_fixed_initial_state, rest, drest)
+    if isinstance(drho, SymbolicZero):
+        return series, dseries
+    # Linear in drho (so jax.grad transposes it); its Hermitian part, as the primal's eigh sees.
+    sqrt_eq = _equilibrium(system, 0).sqrt_rho
+    eye = jnp.eye(rho_system.shape[-1], dtype=sqrt_eq.dtype)
+    dtype = jnp.result_type(sqrt_eq, drho, jnp.complex64)
+    x = jnp.kron(_linalg.hermitian_part(drho), sqrt_eq).astype(dtype)
+    y = jnp.kron(eye, sqrt_eq).astype(dtype)
+    from_state = propagate(system, drives, protocol, (x, y))
+    return series, jax.tree_util.tree_map(jnp.add, dseries, from_state)
+
+
+_linear_series.defjvp(_linear_series_jvp, symbolic_zeros=True)
+
+
+def _piecewise_kernel(system, drives, protocol: PiecewiseConstant, *, rank: int, checkpoint: bool):
+    def propagate(system, drives, protocol, factors):
+        generators = _embedded_drives(system, drives)
+        h_base = system.hamiltonian()
+
+        def step_hamiltonians(inputs):
+            u, dt = inputs
+            h = h_base + jnp.tensordot(u, generators, axes=1)
+            return h, [(h, dt)]
+
+        h_final = h_base + jnp.tensordot(protocol.values[-1], generators, axes=1)
+        return _propagate_factors(step_hamiltonians, system, drives, factors, (protocol.values, protocol.durations),
+                                  h_final, checkpoint=checkpoint)
+
+    series = _linear_series(propagate, rank, system.rho_system, system, drives, protocol)
+    controls = jnp.concatenate([protocol.values, protocol.values[-1:]])
     # Jump at t_k: (u_k - u_{k-1}) . <G>_{t_k}; none at t_0 (state prepared with H(u_0)) nor at t_M.
     previous = jnp.concatenate([controls[:1], controls[:-1]])
-    work_integral = jnp.cumsum(jnp.sum((controls - previous) * g, axis=-1))
-    return _thermodynamics(system, eq, protocol.switching_times(), controls, rho_s, res_e, energy, work_integral)
+    work_integral = jnp.cumsum(jnp.sum((controls - previous) * series.drive_expectations, axis=-1))
+    return _thermodynamics(system, protocol.switching_times(), controls, series, work_integral)
 
 
 def _cumulative_quadrature(power: Array, h: Array) -> Array:
@@ -206,36 +288,46 @@ def _cumulative_quadrature(power: Array, h: Array) -> Array:
     return jnp.concatenate([jnp.zeros((1,), power.dtype), jnp.cumsum(pieces)])
 
 
-def _smooth_kernel(system, drives, protocol, *, n_steps: int, rank: int, checkpoint: bool):
-    generators = _embedded_drives(system, drives)
-    h_base = system.hamiltonian()
-    x0, eq = _initial_factor(system, rank)
-    h = protocol.duration / n_steps
-    times = jnp.arange(n_steps + 1, dtype=h.dtype) * h
+def _smooth_kernel(system, drives, protocol, *, n_steps: int, rank: int, checkpoint: bool, constant_protocol=None):
+    """``protocol`` is a pytree of arrays (differentiable), or ``None`` with ``constant_protocol`` a
+    plain object (static: not an argument of the custom JVP, its parameters are constants)."""
+    real = jnp.finfo(system.coupling.dtype).dtype
 
-    def hamiltonian(t):
-        return h_base + jnp.tensordot(protocol.values(t), generators, axes=1)
+    def grid(protocol):
+        duration = jnp.asarray(protocol.duration, real)
+        h = duration / n_steps
+        return duration, h, jnp.arange(n_steps + 1, dtype=real) * h
 
-    def step(x, t):
-        obs = _observe(system, drives, hamiltonian(t), x)
-        h1, h2 = hamiltonian(t + _GAUSS_NODES[0] * h), hamiltonian(t + _GAUSS_NODES[1] * h)
-        x = hermitian_propagator(_CF4_A2 * h1 + _CF4_A1 * h2, h) @ x
-        x = hermitian_propagator(_CF4_A1 * h1 + _CF4_A2 * h2, h) @ x
-        return x, obs
+    def propagate(system, drives, protocol, factors):
+        protocol = constant_protocol if protocol is None else protocol
+        generators = _embedded_drives(system, drives)
+        h_base = system.hamiltonian()
+        duration, h, times = grid(protocol)
 
-    if checkpoint:
-        step = jax.checkpoint(step)
-    x_final, series = jax.lax.scan(step, x0, times[:-1])
-    # Evaluate H at the exact final time (not n_steps * h, which may round differently).
-    final = _observe(system, drives, hamiltonian(protocol.duration), x_final)
-    rho_s, res_e, energy, g = (jnp.concatenate([s, f[None]]) for s, f in zip(series, final))
-    controls = jax.vmap(protocol.values)(times)
-    power = jnp.sum(jax.vmap(protocol.rates)(times) * g, axis=-1)
+        def hamiltonian(t):
+            return h_base + jnp.tensordot(jnp.asarray(protocol.values(t), real), generators, axes=1)
+
+        def step_hamiltonians(t):
+            h1, h2 = hamiltonian(t + _GAUSS_NODES[0] * h), hamiltonian(t + _GAUSS_NODES[1] * h)
+            return hamiltonian(t), [(_CF4_A2 * h1 + _CF4_A1 * h2, h), (_CF4_A1 * h1 + _CF4_A2 * h2, h)]
+
+        # H at the exact final time (not n_steps * h, which may round differently).
+        return _propagate_factors(step_hamiltonians, system, drives, factors, times[:-1], hamiltonian(duration),
+                                  checkpoint=checkpoint)
+
+    series = _linear_series(propagate, rank, system.rho_system, system, drives, protocol)
+    protocol = constant_protocol if protocol is None else protocol
+    _, h, times = grid(protocol)
+    controls = jax.vmap(lambda t: jnp.asarray(protocol.values(t), real))(times)
+    rates = jax.vmap(lambda t: jnp.asarray(protocol.rates(t), real))(times)
+    power = jnp.sum(rates * series.drive_expectations, axis=-1)
     work_integral = _cumulative_quadrature(power, h)
-    return _thermodynamics(system, eq, times, controls, rho_s, res_e, energy, work_integral)
+    return _thermodynamics(system, times, controls, series, work_integral)
 
 
-def _thermodynamics(system, eq, times, controls, rho_s, reservoir_energy, energy, work_integral):
+def _thermodynamics(system, times, controls, series: _Series, work_integral):
+    eq = _equilibrium(system, 0)
+    rho_s, reservoir_energy, energy = series.system_state, series.reservoir_energy, series.energy
     beta = system.betas[0]
     system_entropy = von_neumann_entropy(rho_s)
     entropy0 = von_neumann_entropy(system.rho_system)
@@ -266,11 +358,45 @@ def _thermodynamics(system, eq, times, controls, rho_s, reservoir_energy, energy
     )
 
 
-@functools.partial(jax.jit, static_argnames=("n_steps", "rank", "checkpoint", "batched", "batch_size"))
-def _drive_jit(system, drives, protocol, *, n_steps, rank, checkpoint, batched, batch_size):
+class _StaticProtocol:
+    """A protocol that is not a pytree of arrays, passed to ``jax.jit`` as a static argument.
+
+    Hashed and compared by identity: the compiled kernel is reused for the same object and its
+    parameters are compile-time constants (no gradient flows to them).
+    """
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol):
+        self.protocol = protocol
+
+    def __hash__(self):
+        return id(self.protocol)
+
+    def __eq__(self, other):
+        return isinstance(other, _StaticProtocol) and other.protocol is self.protocol
+
+
+def _is_array_pytree(protocol) -> bool:
+    """Whether ``protocol`` flattens to array leaves (a registered pytree such as ``FourierRamp``)."""
+    leaves = jax.tree_util.tree_leaves(protocol)
+    if len(leaves) == 1 and leaves[0] is protocol:
+        return False
+    return all(isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, int)) for leaf in leaves)
+
+
+@functools.partial(jax.jit, static_argnames=("static_protocol", "n_steps", "rank", "checkpoint", "batched",
+                                             "batch_size"))
+def _drive_jit(system, drives, protocol, *, static_protocol, n_steps, rank, checkpoint, batched, batch_size):
+    if static_protocol is not None:
+        protocol = static_protocol.protocol
     if isinstance(protocol, PiecewiseConstant):
         def one(s):
             return _piecewise_kernel(s, drives, protocol, rank=rank, checkpoint=checkpoint)
+    elif static_protocol is not None:
+        def one(s):
+            return _smooth_kernel(s, drives, None, n_steps=n_steps, rank=rank, checkpoint=checkpoint,
+                                  constant_protocol=protocol)
     else:
         def one(s):
             return _smooth_kernel(s, drives, protocol, n_steps=n_steps, rank=rank, checkpoint=checkpoint)
@@ -329,7 +455,9 @@ def drive(
             ``H_r``, ``V``-part, ``beta`` and ``rho_s(0)``. Its leaves may carry a leading
             realization axis (e.g. ``jax.vmap(model.open_system)(xs)``): the result then has it too.
         protocol: :class:`~qep_jax.protocols.PiecewiseConstant` (exact) or a smooth protocol with
-            ``values(t)``/``rates(t)`` such as :class:`~qep_jax.protocols.FourierRamp`.
+            ``values(t)``/``rates(t)``/``duration``/``n_controls`` such as
+            :class:`~qep_jax.protocols.FourierRamp`. A plain object (not a pytree) is a static
+            constant; register it as a pytree to differentiate its parameters (docs/driven.md).
         system_drives: ``n_s`` Hermitian ``(d_s, d_s)`` operators ``A_j``: ``H_s(t) = H_s + sum u_j A_j``.
         coupling_drives: ``n_v`` Hermitian ``(D, D)`` operators ``B_j``: ``V(t) = V + sum u_{n_s+j} B_j``.
             ``protocol.n_controls`` must equal ``n_s + n_v``.
@@ -373,6 +501,12 @@ def drive(
         if n_steps is not None:
             raise InputError("n_steps applies to smooth protocols; a PiecewiseConstant protocol sets its own steps.")
     elif isinstance(protocol, FourierRamp) or (hasattr(protocol, "values") and hasattr(protocol, "rates")):
+        missing = [a for a in ("duration", "n_controls") if not hasattr(protocol, a)]
+        if missing:
+            raise InputError(
+                f"smooth protocol {type(protocol).__name__} has no {' or '.join(missing)}; a smooth protocol "
+                f"needs values(t), rates(t), duration and n_controls."
+            )
         if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 3:
             raise InputError(f"n_steps={n_steps!r}: a smooth protocol needs an int n_steps >= 3.")
         n_steps = int(n_steps)
@@ -381,9 +515,23 @@ def drive(
             f"protocol must be a qep_jax.PiecewiseConstant or a smooth protocol (values/rates), "
             f"got {type(protocol).__name__}."
         )
-    if protocol.n_controls != n_controls:
+    static_protocol = None
+    if not _is_array_pytree(protocol):
+        # A plain object (not a registered pytree): jit takes it as a static argument.
+        traced = [leaf for leaf in jax.tree_util.tree_leaves(getattr(protocol, "__dict__", {}))
+                  if isinstance(leaf, jax.core.Tracer)]
+        if traced:
+            raise InputError(
+                f"protocol {type(protocol).__name__} holds traced values (jit/grad/vmap over its parameters) but "
+                f"is not a JAX pytree, so drive can only treat it as a constant. Register its class, e.g. "
+                f"jax.tree_util.register_dataclass (frozen dataclass) or register_pytree_node, so that its "
+                f"parameters are array leaves."
+            )
+        static_protocol, protocol = _StaticProtocol(protocol), None
+    n_protocol = (protocol if static_protocol is None else static_protocol.protocol).n_controls
+    if n_protocol != n_controls:
         raise InputError(
-            f"protocol has {protocol.n_controls} controls but {drives.system.shape[0]} system_drives + "
+            f"protocol has {n_protocol} controls but {drives.system.shape[0]} system_drives + "
             f"{drives.coupling.shape[0]} coupling_drives were given; give one drive operator per control."
         )
     if batch_size is not None:
@@ -391,7 +539,8 @@ def drive(
     warn_if_float32(dtype)
     n_batch = int(open_system.h_system.shape[0]) if batched else 1
     return _drive_jit(
-        open_system, drives, protocol, n_steps=n_steps, rank=_batch_rank(open_system.rho_system, d_s),
+        open_system, drives, protocol, static_protocol=static_protocol, n_steps=n_steps,
+        rank=_batch_rank(open_system.rho_system, d_s),
         checkpoint=bool(checkpoint), batched=batched, batch_size=min(batch_size or n_batch, n_batch),
     )
 
