@@ -574,3 +574,46 @@ def test_registered_custom_protocol_is_differentiable(problem):
     fd = (loss(0.4 + 1e-5) - loss(0.4 - 1e-5)) / 2e-5
     np.testing.assert_allclose(float(grad), float(fd), atol=1e-8)
     assert abs(float(grad)) > 1e-3
+
+
+# ---------------------------------------------------------------- FourierRamp -> PiecewiseConstant
+
+
+def test_to_piecewise_constant_is_second_order(problem):
+    """Midpoint samples plus zero-length end steps at u(0) and u(tau): W, dF, Q, W - dF and rho_s(tau)
+    converge to the smooth protocol at second order. With midpoint samples only, H(0) and H(tau) were
+    off by O(h) and W, dF converged at first order (audit: W error 3.4e-3, 1.7e-3, 8.6e-4 for n = 50,
+    100, 200; measured here before the fix: W order 1.0)."""
+    protocol = FourierRamp(3.0, jnp.array([0.0, 0.5]), jnp.array([1.0, -0.5]), jnp.array([[0.4, -0.2], [0.3, 0.1]]))
+    kwargs = dict(system_drives=[problem["a"]], coupling_drives=[problem["b"]])
+    ref = qep_jax.drive(problem["system"], protocol, n_steps=96, **kwargs)  # CF4: error ~1e-9 (see above)
+    errors = []
+    for n in (16, 32, 64):
+        piecewise = protocol.to_piecewise_constant(n)
+        assert piecewise.n_steps == n + 2
+        out = qep_jax.drive(problem["system"], piecewise, **kwargs)
+        np.testing.assert_allclose(out.controls[0], protocol.start, atol=1e-15)
+        np.testing.assert_allclose(out.controls[-1], protocol.end, atol=1e-15)
+        np.testing.assert_allclose(np.asarray(out.times)[[0, -1]], [0.0, 3.0], atol=1e-14)
+        errors.append([abs(float(getattr(out, f)[-1] - getattr(ref, f)[-1]))
+                       for f in ("work", "free_energy_change", "heat", "dissipated_work")]
+                      + [float(np.max(np.abs(out.system_state[-1] - ref.system_state[-1])))])
+    errors = np.array(errors)
+    orders = np.log2(errors[:-1] / errors[1:])
+    assert np.all(errors[0] > 1e-6), errors  # far above the reference's own error
+    # Measured orders 1.99-2.01 for every quantity.
+    assert np.all((orders > 1.8) & (orders < 2.3)), (errors, orders)
+
+
+def test_zero_duration_steps_are_quenches(problem):
+    """A zero-length step only moves the Hamiltonian: it adds a recorded point and a work jump."""
+    kwargs = dict(system_drives=[problem["a"]], coupling_drives=[problem["b"]])
+    values = np.array([[0.5, 0.3], [-0.4, 0.6], [0.2, -0.1]])
+    out = qep_jax.drive(problem["system"], PiecewiseConstant(np.array([0.0, 0.7, 0.5]), values), **kwargs)
+    ref = dense_piecewise(problem, np.array([0.0, 0.7, 0.5]), values)
+    for name, expected in ref.items():
+        np.testing.assert_allclose(getattr(out, name), expected, atol=1e-10, err_msg=name)
+    np.testing.assert_allclose(out.system_state[1], problem["rho_s"], atol=1e-14)
+    grad = jax.grad(lambda d: qep_jax.drive(problem["system"], PiecewiseConstant(d, values), **kwargs)
+                    .dissipated_work[-1])(jnp.array([0.0, 0.7, 0.5]))
+    assert np.all(np.isfinite(grad))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from .._open_system import InputError
-from ._validate import positive, real_array, register_frozen
+from ._validate import nonnegative, real_array, register_frozen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,10 +18,12 @@ class PiecewiseConstant:
     ``t_0 = 0`` and ``t_{k+1} = t_k + durations[k]``. The Hamiltonian is ``H(values[0])`` at
     ``t = 0`` (the state is prepared with it) and ``H(values[M-1])`` at the final time
     ``t_M`` (no jump after the last step). Work is done only at the ``M - 1`` switching times
-    ``t_1 ... t_{M-1}``.
+    ``t_1 ... t_{M-1}``. A step of zero duration is an instantaneous quench: it only moves the
+    Hamiltonian (e.g. a first step of length 0 references the work to ``H(values[0])`` and jumps
+    to ``H(values[1])`` at ``t = 0``).
 
     Fields:
-        durations: ``(M,)`` positive step lengths.
+        durations: ``(M,)`` non-negative step lengths.
         values: ``(M, n_controls)`` real control amplitudes.
 
     Example:
@@ -36,7 +38,7 @@ class PiecewiseConstant:
 
     def __post_init__(self):
         real_array("durations", self.durations, 1)
-        positive("durations", self.durations)
+        nonnegative("durations", self.durations)
         real_array("values", self.values, 2)
         n_rows, n_steps = jnp.shape(self.values)[0], jnp.shape(self.durations)[0]
         if n_rows != n_steps:

@@ -25,6 +25,11 @@ def positive(name: str, value) -> None:
         raise InputError(f"{name} must be > 0, got {np.asarray(value)!r}.")
 
 
+def nonnegative(name: str, value) -> None:
+    if _is_concrete(value) and not np.all(np.asarray(value) >= 0):
+        raise InputError(f"{name} must be >= 0, got {np.asarray(value)!r}.")
+
+
 def register_frozen(cls, fields: tuple[str, ...]):
     """Register a frozen dataclass as a pytree whose unflattening skips ``__post_init__``.
 
