@@ -558,7 +558,9 @@ class LandauerBounds(NamedTuple):
     spectral: minimum of ``<H_r>_sigma - <H_r>_eq`` over reservoir states with
         ``S(sigma) >= S(rho_r^eq) + dS`` (a Gibbs state at ``beta' <= beta``), which the equality
         ``beta(-Q) = dS + I(s':r') + D(rho_r' || rho_r^eq)`` implies for this ``H_r``; ``inf`` if no
-        state of the reservoir has that much entropy.
+        state of the reservoir has that much entropy (``dS > ln d - S(rho_r^eq)``);
+        ``e_min - <H_r>_eq`` when the constraint is met by a ground state, ``S(rho_r^eq) + dS <= ln g0``
+        (``g0`` the ground degeneracy; always when ``dS <= -S(rho_r^eq)``).
     """
 
     landauer: np.ndarray
@@ -609,6 +611,11 @@ def landauer_bounds(entropy_decrease, reservoir_energies, beta) -> LandauerBound
     reeb_wolf = np.where(ds >= 0, (ds + quadratic) / beta, landauer)
     s0, e0 = _gibbs(energies, beta)
     s_max = math.log(d)
+    # S(beta') of the Gibbs state falls from ln d (beta' = 0) to ln g0 (beta' -> inf), g0 the ground
+    # degeneracy; minimizing <H_r> at S >= target picks the largest beta' with S(beta') >= target.
+    gap = energies - energies[0]
+    tol = 1e-12 * max(1.0, float(np.max(np.abs(energies))))
+    s_ground = math.log(int(np.sum(gap <= tol)))
 
     def spectral_one(x: float) -> float:
         target = s0 + x
@@ -616,12 +623,17 @@ def landauer_bounds(entropy_decrease, reservoir_energies, beta) -> LandauerBound
             return math.inf if target > s_max + 1e-12 else float(np.mean(energies) - e0)
         if abs(x) < 1e-14:
             return 0.0
+        if target <= s_ground + 1e-13:
+            # Vacuous constraint (in particular dS < -S(rho_r^eq), target < 0): the ground space, or
+            # any state in it, reaches the lowest energy.
+            return float(energies[0] - e0)
         if x > 0:
             lo, hi = 0.0, beta
         else:
+            # S(hi) -> ln g0 < target, so the doubling stops once beta' gap_1 ~ ln(1/(target - ln g0)).
             lo, hi = beta, 2 * beta
-            while _gibbs(energies, hi)[0] > target and hi < 1e8:
-                hi *= 2
+            while _gibbs(energies, hi)[0] > target:
+                lo, hi = hi, 2 * hi
         b = brentq(lambda b: _gibbs(energies, b)[0] - target, lo, hi, xtol=1e-14, rtol=1e-14)
         return _gibbs(energies, b)[1] - e0
 

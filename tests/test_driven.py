@@ -617,3 +617,36 @@ def test_zero_duration_steps_are_quenches(problem):
     grad = jax.grad(lambda d: qep_jax.drive(problem["system"], PiecewiseConstant(d, values), **kwargs)
                     .dissipated_work[-1])(jnp.array([0.0, 0.7, 0.5]))
     assert np.all(np.isfinite(grad))
+
+
+def test_landauer_bounds_edge_cases():
+    """Every edge of the spectral bound (the audit's dS < -S(rho_r^eq) raised ValueError from brentq)."""
+    energies = np.linspace(-0.5, 0.5, 3)
+    beta = 10.0
+    p_eq = np.exp(-beta * energies) / np.sum(np.exp(-beta * energies))
+    s_eq, e_eq = -np.sum(p_eq * np.log(p_eq)), p_eq @ energies
+    # Vacuous constraint: every state has S >= 0 > S_eq + dS, so the ground state is the minimum.
+    b = qep_jax.landauer_bounds(np.array([-0.3, -s_eq - 1e-9, -5.0]), energies, beta)
+    np.testing.assert_allclose(b.spectral, energies[0] - e_eq, atol=1e-15)
+    # Variational principle beta (E - E_eq) >= S - S_eq >= dS: spectral >= Landauer for dS < 0 too.
+    ds = np.linspace(-1.0, np.log(3) - s_eq, 41)
+    b = qep_jax.landauer_bounds(ds, energies, beta)
+    assert np.all(b.spectral >= b.reeb_wolf - 1e-12) and np.all(b.reeb_wolf >= b.landauer - 1e-12)
+    # Constant (the ground state) below the vacuous edge dS = -S_eq, increasing above it.
+    assert np.all(np.diff(b.spectral) >= 0) and np.all(np.diff(b.spectral[ds > -s_eq]) > 0)
+    # Upper edge: the maximally mixed state, then no state at all.
+    b = qep_jax.landauer_bounds(np.array([np.log(3) - s_eq, np.log(3) - s_eq + 1e-6]), energies, beta)
+    np.testing.assert_allclose(b.spectral[0], np.mean(energies) - e_eq, atol=1e-12)
+    assert b.spectral[1] == np.inf
+    # Degenerate ground level (g0 = 2): constraints with S_eq + dS <= ln 2 are met in the ground space;
+    # just above ln 2 the Gibbs root lies at very large beta', and the bound tends to the same limit.
+    energies = np.array([0.0, 0.0, 1.0, 2.0])
+    p_eq = np.exp(-energies) / np.sum(np.exp(-energies))
+    s_eq, e_eq = -np.sum(p_eq * np.log(p_eq)), p_eq @ energies
+    edge = np.log(2) - s_eq
+    b = qep_jax.landauer_bounds(np.array([edge - 0.1, edge, edge + 1e-9, edge + 1e-3]), energies, 1.0)
+    np.testing.assert_allclose(b.spectral[:2], -e_eq, atol=1e-15)
+    assert -e_eq < b.spectral[2] < -e_eq + 1e-8 < b.spectral[3]
+    # A flat spectrum: no entropy to gain, nothing to lose.
+    b = qep_jax.landauer_bounds(np.array([-0.5, 0.0, 0.1]), np.zeros(4), 2.0)
+    np.testing.assert_array_equal(b.spectral, [0.0, 0.0, np.inf])
