@@ -149,6 +149,22 @@ def _check_int(name, value, minimum):
     return int(value)
 
 
+# jax.random.key converts the seed to a C long: 2**63 and above raise OverflowError. Without x64
+# it keeps only the low 32 bits, so seed 2**32 would silently repeat seed 0.
+SEED_LIMIT = 2**63
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed ``jax.random.key`` takes without overflow or silent truncation: ``0 <= seed < 2**63``."""
+    seed = _check_int(name, seed, 0)
+    if seed >= SEED_LIMIT:
+        raise InputError(f"{name}={seed} is too large; use 0 <= {name} < 2**63 = {SEED_LIMIT}.")
+    if seed >= 2**32 and not jax.config.jax_enable_x64:
+        raise InputError(f"{name}={seed} >= 2**32 needs jax.config.update('jax_enable_x64', True): without "
+                         f"it JAX keeps only the low 32 bits of the seed (2**32 would repeat seed 0).")
+    return seed
+
+
 def check_quantities(quantities) -> tuple[str, ...]:
     """Validate quantity names; returns them as a tuple without duplicates (order kept)."""
     if isinstance(quantities, str):
@@ -176,6 +192,18 @@ class MemoryPlan(NamedTuple):
     per_device: int  # realizations one device may hold at once within the budget
 
 
+# How errors name the arguments: the library's keywords; the CLI passes its flags instead.
+ARGUMENT_NAMES = {
+    "memory_budget": "memory_budget",
+    "chunk_size": "chunk_size",
+    "n_levels": "n_levels",
+    "n_realizations": "n_realizations",
+    "times": "times",
+    "quantities": "quantities",
+    "keep_realizations": "keep_realizations=True",
+}
+
+
 def _realization_bytes(n_levels, n_times, itemsize, entropies, time_batch, n_values):
     dims = (2, n_levels)
     # system_rank = 1: pure initial spin.
@@ -184,7 +212,30 @@ def _realization_bytes(n_levels, n_times, itemsize, entropies, time_batch, n_val
     return kernel + n_values * n_times * 8  # the returned float64 series
 
 
-def plan_memory(n_levels: int, n_times: int, quantities, itemsize: int, memory_budget: int) -> MemoryPlan:
+def _largest_fitting_n_levels(n_levels, n_times, itemsize, entropies, n_values, memory_budget) -> int | None:
+    """Largest N < n_levels whose realization fits, by bisection (the estimate grows with N); None if none.
+
+    Scanning every N took 26 s for n_levels = 2e7; bisection needs about 25 estimates.
+    """
+    def fits(n):
+        return _realization_bytes(n, n_times, itemsize, entropies, 1, n_values) <= memory_budget
+
+    if n_levels <= 2 or not fits(2):
+        return None
+    lo, hi = 2, n_levels  # fits(lo) holds; hi is not tested (the caller's N does not fit)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def kept_series_bytes(n_realizations: int, n_times: int, quantities) -> int:
+    """Host bytes of ``keep_realizations``: every chunk's float64 series, plus the final concatenated copy."""
+    return 2 * n_realizations * n_times * len(quantities) * 8
+
+
+def plan_memory(n_levels: int, n_times: int, quantities, itemsize: int, memory_budget: int,
+                names: dict = ARGUMENT_NAMES) -> MemoryPlan:
     """Memory estimate from the core's ``realization_bytes``; raises ``InputError`` if nothing fits."""
     entropies = any(QUANTITIES[q].needs_reservoir_entropies for q in quantities)
     n_values = len(quantities)
@@ -194,21 +245,52 @@ def plan_memory(n_levels: int, n_times: int, quantities, itemsize: int, memory_b
     per = _realization_bytes(n_levels, n_times, itemsize, entropies, time_batch, n_values)
     if per > memory_budget:
         # What would fit: the budget this run needs, or the largest N within this budget.
-        fits = [n for n in range(2, n_levels)
-                if _realization_bytes(n, n_times, itemsize, entropies, 1, n_values) <= memory_budget]
-        alt = f" or n_levels <= {fits[-1]}" if fits else ""
+        largest = _largest_fitting_n_levels(n_levels, n_times, itemsize, entropies, n_values, memory_budget)
+        alt = f" or {names['n_levels']} <= {largest}" if largest else ""
         raise InputError(
-            f"one realization needs about {_format_bytes(per)} but memory_budget is "
-            f"{_format_bytes(memory_budget)}; use memory_budget >= {_format_bytes(per)}{alt}."
+            f"one realization needs about {_format_bytes(per, up=True)} but {names['memory_budget']} is "
+            f"{_format_bytes(memory_budget)}; use {names['memory_budget']} >= {_format_bytes(per, up=True)}{alt}."
         )
     return MemoryPlan(per, time_batch, int(memory_budget // per))
 
 
-def _format_bytes(n: float) -> str:
+def check_memory(model: SpinGORM, n_times: int, n_realizations: int, quantities, keep_realizations: bool,
+                 chunk_size: int | None, memory_budget: int, n_devices: int,
+                 names: dict = ARGUMENT_NAMES) -> MemoryPlan:
+    """Refuse a run that does not fit ``memory_budget``: one realization (per device), the chunk size,
+    and with ``keep_realizations`` every series, which stay in host memory until the end.
+
+    ``names`` says how the messages name the arguments (the CLI passes its flags).
+    """
+    itemsize = jnp.finfo(model.dtype).bits // 8
+    plan = plan_memory(model.n_levels, n_times, quantities, itemsize, memory_budget, names)
+    if chunk_size is not None and math.ceil(chunk_size / n_devices) > plan.per_device:
+        need = math.ceil(chunk_size / n_devices) * plan.realization_bytes
+        raise InputError(
+            f"{names['chunk_size']} {chunk_size} needs about {_format_bytes(need, up=True)} per device, more than "
+            f"{names['memory_budget']} {_format_bytes(memory_budget)}; use {names['chunk_size']} <= "
+            f"{plan.per_device * n_devices} or a larger {names['memory_budget']}."
+        )
+    kept = kept_series_bytes(n_realizations, n_times, quantities) if keep_realizations else 0
+    if kept > memory_budget:
+        raise InputError(
+            f"{names['keep_realizations']} holds {n_realizations} realizations x {n_times} times x "
+            f"{len(quantities)} quantities in memory until the end (about {_format_bytes(kept, up=True)} with the "
+            f"final copy), more than {names['memory_budget']} {_format_bytes(memory_budget)}; raise "
+            f"{names['memory_budget']}, lower {names['n_realizations']}, {names['times']} or "
+            f"{names['quantities']}, or drop {names['keep_realizations'].split('=')[0]}."
+        )
+    return plan
+
+
+def _format_bytes(n: float, up: bool = False) -> str:
+    """``n`` in the largest binary unit, 2 decimals; ``up`` rounds up, so a needed size printed
+    this way always fits (a need of 2.0001 GiB is shown as 2.01 GiB, not as the 2.00 GiB budget)."""
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
+            value = math.ceil(n / size * 100) / 100 if up else math.floor(n / size * 100) / 100
+            return f"{value:.2f} {unit}"
+    return f"{math.ceil(n)} B"
 
 
 @functools.lru_cache(maxsize=32)
@@ -314,12 +396,13 @@ def run_ensemble(
         model: the :class:`SpinGORM` (its dtype sets the precision).
         times: ``(T,)`` time points.
         n_realizations: ``R``.
-        seed: non-negative int, ``key = jax.random.key(seed)``.
+        seed: int, ``0 <= seed < 2**63`` (``< 2**32`` without x64), ``key = jax.random.key(seed)``.
         quantities: names from :data:`QUANTITIES`.
         keep_realizations: also return the ``(R, T[, K])`` per-realization series.
         chunk_size: realizations per chunk (rounded up to a multiple of the device count);
             default :func:`default_chunk_size` (about ``n_realizations / 10``, within ``memory_budget``).
-        memory_budget: bytes each device may use for one chunk (estimate).
+        memory_budget: bytes each device may use for one chunk (estimate); with ``keep_realizations``
+            the series of all realizations, held in host memory until the end, must fit it as well.
         devices: devices of the 1-D mesh; default all devices (all hosts after
             ``jax.distributed.initialize``).
         completed: chunks already computed (e.g. loaded for a resume); only the rest is evaluated.
@@ -340,30 +423,24 @@ def run_ensemble(
     if not isinstance(model, SpinGORM):
         raise InputError(f"model must be a qep_jax.SpinGORM, got {type(model).__name__}.")
     n_realizations = _check_int("n_realizations", n_realizations, 1)
-    seed = _check_int("seed", seed, 0)
+    seed = check_seed(seed)
     quantities = check_quantities(quantities)
     memory_budget = _check_int("memory_budget", memory_budget, 1)
+    if chunk_size is not None:
+        chunk_size = _check_int("chunk_size", chunk_size, 1)
     dtype = model.dtype
     warn_if_float32(dtype)
     times = np.asarray(check_times(times), dtype=dtype)
-    itemsize = jnp.finfo(dtype).bits // 8
-    plan = plan_memory(model.n_levels, times.shape[0], quantities, itemsize, memory_budget)
-
     devices = list(jax.devices() if devices is None else devices)
     n_dev = len(devices)
+    plan = check_memory(model, times.shape[0], n_realizations, quantities, keep_realizations, chunk_size,
+                        memory_budget, n_dev)
+
     vectorize = devices[0].platform != "cpu"
     cpu_batch = cpu_realization_batch(plan.realization_bytes)
     if chunk_size is None:
         granule = 1 if vectorize else min(cpu_batch, batch_eigh_workers(2 * model.n_levels))
         chunk_size = default_chunk_size(n_realizations, n_dev, plan.per_device, granule)
-    else:
-        chunk_size = _check_int("chunk_size", chunk_size, 1)
-        if math.ceil(chunk_size / n_dev) > plan.per_device:
-            raise InputError(
-                f"chunk_size={chunk_size} needs about {_format_bytes(math.ceil(chunk_size / n_dev) * plan.realization_bytes)} "
-                f"per device, more than memory_budget={_format_bytes(memory_budget)}; use chunk_size <= "
-                f"{plan.per_device * n_dev} or a larger memory_budget."
-            )
     # Every chunk is padded to the same multiple of the device count: one compilation per run.
     chunk_size = n_dev * math.ceil(min(chunk_size, n_realizations) / n_dev)
 

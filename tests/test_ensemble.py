@@ -265,3 +265,53 @@ def test_two_host_devices_with_reservoir_entropies_and_batched_eigh():
     assert set(two) == set(one.series) and "mutual_information" in two
     for q in two:
         np.testing.assert_allclose(np.asarray(two[q]), one.series[q], rtol=0, atol=1e-11)
+
+
+def test_memory_refusal_for_huge_n_is_fast_and_names_the_largest_fitting_n():
+    # The largest fitting N was found by estimating every N below the request: 26 s for N = 2e7.
+    import time
+
+    from qep_jax._ensemble import _realization_bytes, plan_memory
+
+    t0 = time.perf_counter()
+    with pytest.raises(qep_jax.InputError, match=r"n_levels <= (\d+)") as err:
+        plan_memory(100_000_000, 101, ("entropy_production",), 8, 2 * 2**30)
+    assert time.perf_counter() - t0 < 1.0
+    # Bisection agrees with the scan it replaced (independent reference at small N).
+    budget = 300_000
+    with pytest.raises(qep_jax.InputError, match=r"n_levels <= (\d+)") as err:
+        plan_memory(60, len(TIMES), QUANTITIES, 8, budget)
+    scanned = max(n for n in range(2, 60) if _realization_bytes(n, len(TIMES), 8, False, 1, 3) <= budget)
+    assert f"n_levels <= {scanned}." in str(err.value)
+
+
+def test_memory_refusal_does_not_round_the_need_down_to_the_budget():
+    # "needs about 2.00 GiB but memory_budget is 2.00 GiB" when the need was a little above 2 GiB.
+    from qep_jax._ensemble import _format_bytes
+
+    assert _format_bytes(2 * 2**30 + 1000, up=True) == "2.01 GiB"
+    assert _format_bytes(2 * 2**30) == "2.00 GiB" and _format_bytes(2 * 2**30, up=True) == "2.00 GiB"
+    assert _format_bytes(2 * 2**30 - 1) == "1.99 GiB"
+
+
+def test_keep_realizations_counts_the_series_against_the_budget(model):
+    # Every kept series stays in memory until the end: 1e8 realizations were started without complaint.
+    with pytest.raises(qep_jax.InputError, match=r"keep_realizations=True holds 100000000 realizations.*"
+                                                 r"raise memory_budget"):
+        run_ensemble(model, TIMES, 100_000_000, quantities=QUANTITIES, keep_realizations=True)
+    # Without the series the same count only needs one chunk at a time (not run here).
+    from qep_jax._ensemble import check_memory
+
+    check_memory(model, len(TIMES), 100_000_000, QUANTITIES, False, None, 2 * 2**30, 1)
+
+
+@pytest.mark.parametrize("seed", [2**63, 2**64, 99999999999999999999])
+def test_seed_out_of_range_is_refused(model, seed):
+    # jax.random.key raised OverflowError for seeds >= 2**63.
+    with pytest.raises(qep_jax.InputError, match=r"seed=\d+ is too large; use 0 <= seed < 2\*\*63"):
+        run_ensemble(model, TIMES, 2, seed=seed)
+
+
+def test_largest_seed_runs(model):
+    res = run_ensemble(model, TIMES, 2, seed=2**63 - 1, quantities=QUANTITIES, chunk_size=2)
+    assert np.all(np.isfinite(res.mean["heat"]))
