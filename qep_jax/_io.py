@@ -7,6 +7,12 @@ run therefore leaves only whole, checksummed chunks. Rerunning the same command 
 a chunk whose checksum does not match (damaged or truncated) is reported and recomputed, never
 used. At the end the output is assembled in a temporary file, fsynced, renamed into place and
 the parts directory is removed.
+
+``overwrite`` replaces an existing output only at that final rename, so a failed or interrupted
+new run leaves the old output in place; finished parts of the *same* parameters are resumed (the
+numbers do not depend on the chunking), parts of other parameters are discarded when the new run
+saves its first chunk. Temporary files carry the writer's process id, so a later run removes
+those that a killed writer left and never those of a writer still running.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Callable
@@ -31,6 +38,16 @@ FORMAT = "qep_jax.run/1"
 
 class OutputError(InputError):
     """The output path holds something this run may not use (other parameters, damage)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_to_file`, with what was kept for a resume (still a KeyboardInterrupt)."""
+
+    def __init__(self, parts_directory: str, kept_realizations: int, n_realizations: int):
+        super().__init__(parts_directory, kept_realizations, n_realizations)
+        self.parts_directory = parts_directory
+        self.kept_realizations = kept_realizations
+        self.n_realizations = n_realizations
 
 
 def parameters_hash(parameters: dict) -> str:
@@ -59,7 +76,7 @@ def _atomic_replace(path: str):
     complete new one, never a partial write; on any exception the temporary file is removed.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".tmp-{os.getpid()}-", suffix=os.path.basename(path))
     os.close(fd)
     try:
         yield tmp
@@ -71,6 +88,41 @@ def _atomic_replace(path: str):
             os.remove(tmp)
         raise
     _fsync_dir(directory)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str, report: Callable[[str], None] = lambda msg: None) -> list[str]:
+    """Remove the temporary files a killed writer of ``path`` left beside it; returns their names.
+
+    ``kill -9`` between creating and renaming :func:`_atomic_replace`'s file (84 MB in the audit)
+    left ``.tmp-<pid>-XXXXXXXX<name>`` forever. Only names of that exact pattern whose process is
+    gone are removed: a concurrent run writing the same output keeps its file.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(r"\.tmp-(\d+)-[a-z0-9_]{8}" + re.escape(os.path.basename(path)))
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        match = pattern.fullmatch(name)
+        if not match or int(match.group(1)) == os.getpid() or _process_alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, name))
+            removed.append(name)
+            report(f"removed {name}, left by an interrupted write of {os.path.basename(path)}.")
+    return removed
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -99,6 +151,7 @@ class PartStore:
         self.hash = parameters_hash(parameters)
         self.report = report
         self.entries: dict[str, dict] = {}
+        self.stale = False  # the directory holds another run's parts, to delete before the first save
 
     @property
     def manifest_path(self) -> str:
@@ -107,31 +160,50 @@ class PartStore:
     def exists(self) -> bool:
         return os.path.isdir(self.directory)
 
-    def stored_parameters(self) -> dict:
+    def _damaged(self, problem: str) -> OutputError:
+        return OutputError(f"{self.manifest_path} is damaged ({problem}); delete {self.directory} "
+                           f"or pass --overwrite.")
+
+    def read_manifest(self) -> dict | None:
+        """The manifest, checked entry by entry; ``None`` if there is none. Raises ``OutputError`` if damaged."""
         try:
             with open(self.manifest_path, "rb") as f:
                 manifest = json.loads(f.read())
-            return manifest["parameters"], manifest
         except FileNotFoundError:
-            return None, None
-        except (ValueError, KeyError) as err:
-            raise OutputError(
-                f"{self.manifest_path} is damaged ({err}); delete {self.directory} or pass --overwrite."
-            ) from None
+            return None
+        except (ValueError, UnicodeDecodeError) as err:
+            raise self._damaged(f"not JSON: {err}") from None
+        problem = _manifest_problem(manifest)
+        if problem:
+            raise self._damaged(problem)
+        return manifest
 
-    def load(self) -> list[ChunkResult]:
-        """Verified chunks of this run (damaged ones are reported and dropped for recomputation)."""
-        stored, manifest = self.stored_parameters()
-        if stored is None:
+    def load(self, replace_other: bool = False) -> list[ChunkResult]:
+        """Verified chunks of this run (damaged ones are reported and dropped for recomputation).
+
+        ``replace_other``: parts of other parameters, or a damaged manifest, are not an error; they
+        are deleted when this run saves its first chunk, so an early failure still leaves them.
+        """
+        try:
+            manifest = self.read_manifest()
+        except OutputError:
+            if not replace_other:
+                raise
+            self.stale = True
             return []
-        if manifest.get("parameters_hash") != self.hash:
-            raise OutputError(
-                f"{self.directory} holds an unfinished run with different parameters "
-                f"({_differences(stored, self.parameters)}); rerun with the same settings to resume, "
-                f"choose another --output, or pass --overwrite."
-            )
+        if manifest is None:
+            return []
+        if manifest["parameters_hash"] != self.hash:
+            if not replace_other:
+                raise OutputError(
+                    f"{self.directory} holds an unfinished run with different parameters "
+                    f"({_differences(manifest['parameters'], self.parameters)}); rerun with the same settings "
+                    f"to resume, choose another --output, or pass --overwrite."
+                )
+            self.stale = True
+            return []
         chunks = []
-        for name, entry in sorted(manifest.get("parts", {}).items()):
+        for name, entry in sorted(manifest["parts"].items()):
             path = os.path.join(self.directory, name)
             try:
                 with open(path, "rb") as f:
@@ -146,11 +218,15 @@ class PartStore:
                 continue
             chunks.append(_chunk_from_bytes(data))
             self.entries[name] = entry
-        if len(self.entries) != len(manifest.get("parts", {})):
+        if len(self.entries) != len(manifest["parts"]):
             self._write_manifest()
         return chunks
 
     def save(self, chunk: ChunkResult) -> None:
+        if self.stale:
+            self.report(f"discarding the unfinished run of other parameters in {self.directory} (--overwrite).")
+            self.remove()
+            self.stale = False
         os.makedirs(self.directory, exist_ok=True)
         name = f"chunk-{chunk.start:09d}-{chunk.stop:09d}.npz"
         data = _chunk_to_bytes(chunk)
@@ -169,6 +245,37 @@ class PartStore:
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+_PART_NAME = re.compile(r"chunk-(\d{9})-(\d{9})\.npz")
+
+
+def _manifest_problem(manifest) -> str | None:
+    """What is wrong with a parsed manifest's structure, or ``None``.
+
+    Part names must match the pattern ``save`` writes: a name like ``../x`` would otherwise make
+    a checksum mismatch delete a file outside the parts directory.
+    """
+    if not isinstance(manifest, dict):
+        return f"top level is {type(manifest).__name__}, not an object"
+    if not isinstance(manifest.get("parameters"), dict):
+        return "'parameters' missing or not an object"
+    if not isinstance(manifest.get("parameters_hash"), str):
+        return "'parameters_hash' missing or not a string"
+    if parameters_hash(manifest["parameters"]) != manifest["parameters_hash"]:
+        return "'parameters_hash' does not match 'parameters'"
+    if not isinstance(manifest.get("parts"), dict):
+        return "'parts' missing or not an object"
+    for name, entry in manifest["parts"].items():
+        match = _PART_NAME.fullmatch(name)
+        if not match:
+            return f"part name {name!r} is not chunk-<start>-<stop>.npz"
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            return f"part {name}: 'sha256' missing"
+        if (entry.get("start"), entry.get("stop")) != (int(match.group(1)), int(match.group(2))) \
+                or entry["start"] >= entry["stop"]:
+            return f"part {name}: 'start'/'stop' missing or not the range in its name"
+    return None
 
 
 def _chunk_to_bytes(chunk: ChunkResult) -> bytes:
@@ -285,6 +392,8 @@ def load_run(path: str) -> EnsembleResult:
     """
     import h5py
 
+    if not os.path.exists(path):
+        raise OutputError(f"{path} does not exist; check the path (qep-jax run writes it when the run finishes).")
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:
@@ -326,7 +435,11 @@ def run_to_file(
     """:func:`run_ensemble` with resume and an output file; returns ``(result, already_done)``.
 
     An existing ``output`` with the same parameters is loaded and returned (``already_done``);
-    with other parameters :class:`OutputError` is raised unless ``overwrite``.
+    with other parameters, or unreadable, :class:`OutputError` is raised unless ``overwrite``.
+    ``overwrite`` recomputes and replaces the output atomically once the new result is written
+    (until then the old file stays); finished parts of the same parameters are resumed, parts of
+    other parameters are discarded. Ctrl-C raises :class:`RunInterrupted` (a KeyboardInterrupt)
+    saying how many realizations are kept for a resume.
     """
     from ._ensemble import DEFAULT_QUANTITIES, check_quantities
 
@@ -339,19 +452,19 @@ def run_to_file(
     params = run_parameters(model, np.asarray(times, dtype=model.dtype), n_realizations, seed, quantities,
                             keep_realizations)
     store = PartStore(output, params, report)
-    if overwrite:
-        store.remove()
-        if os.path.exists(output):
-            os.remove(output)
-    if os.path.exists(output):
-        existing = load_run(output)
+    remove_stale_temporaries(output, report)
+    if os.path.exists(output) and not overwrite:
+        try:
+            existing = load_run(output)
+        except OutputError as err:
+            raise OutputError(f"{err} Pass --overwrite to replace it, or choose another --output.") from None
         if parameters_hash(existing.parameters) == store.hash:
             return existing, True
         raise OutputError(
             f"{output} holds a run with different parameters ({_differences(existing.parameters, params)}); "
             f"choose another --output or pass --overwrite to replace it."
         )
-    completed = store.load()
+    completed = store.load(replace_other=overwrite)
     if completed:
         report(f"resuming: {sum(c.stop - c.start for c in completed)} of {n_realizations} realizations "
                f"loaded from {store.directory}.")
@@ -360,9 +473,12 @@ def run_to_file(
     import jax
 
     writer = jax.process_index() == 0
-    result = run_ensemble(model, times, n_realizations, seed=seed, quantities=quantities,
-                          keep_realizations=keep_realizations, completed=completed,
-                          on_chunk=store.save if writer else None, **runner_kwargs)
+    try:
+        result = run_ensemble(model, times, n_realizations, seed=seed, quantities=quantities,
+                              keep_realizations=keep_realizations, completed=completed,
+                              on_chunk=store.save if writer else None, **runner_kwargs)
+    except KeyboardInterrupt as err:
+        raise RunInterrupted(store.directory, store.saved_realizations(), n_realizations) from err
     if writer:
         write_run(output, result)
         store.remove()

@@ -315,3 +315,102 @@ def test_seed_out_of_range_is_refused(model, seed):
 def test_largest_seed_runs(model):
     res = run_ensemble(model, TIMES, 2, seed=2**63 - 1, quantities=QUANTITIES, chunk_size=2)
     assert np.all(np.isfinite(res.mean["heat"]))
+
+
+def _ctrl_c_after(n_done):
+    def progress(done, total):
+        if done >= n_done:
+            raise KeyboardInterrupt
+    return progress
+
+
+def test_overwrite_keeps_the_old_output_until_the_new_one_is_written(model, tmp_path):
+    # --overwrite deleted the output and parts first: a failing or interrupted new run lost both.
+    from qep_jax._io import RunInterrupted
+
+    out = str(tmp_path / "keep.h5")
+    run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES, chunk_size=2)
+    with pytest.raises(qep_jax.InputError, match="memory_budget"):
+        run_to_file(model, TIMES, R, out, seed=8, quantities=QUANTITIES, overwrite=True, memory_budget=1)
+    assert load_run(out).parameters["seed"] == SEED
+    with pytest.raises(RunInterrupted) as err:
+        run_to_file(model, TIMES, R, out, seed=8, quantities=QUANTITIES, chunk_size=2, overwrite=True,
+                    progress=_ctrl_c_after(2))
+    assert err.value.kept_realizations == 2 and isinstance(err.value, KeyboardInterrupt)
+    assert load_run(out).parameters["seed"] == SEED
+    # The same command again resumes the kept chunks (same parameters), then replaces the output.
+    result, already = run_to_file(model, TIMES, R, out, seed=8, quantities=QUANTITIES, chunk_size=2,
+                                  overwrite=True)
+    assert not already and result.info["resumed_realizations"] == 2
+    assert load_run(out).parameters["seed"] == 8 and not os.path.exists(out + ".parts")
+
+
+def test_overwrite_discards_parts_of_other_parameters_only_when_it_saves(model, tmp_path):
+    out = str(tmp_path / "b.h5")
+    with pytest.raises(_Interrupt):
+        run_to_file(model, TIMES, R, out, seed=1, quantities=QUANTITIES, chunk_size=2,
+                    progress=_interrupt_after(2))
+    with pytest.raises(qep_jax.InputError, match="memory_budget"):
+        run_to_file(model, TIMES, R, out, seed=2, quantities=QUANTITIES, overwrite=True, memory_budget=1)
+    assert json.load(open(out + ".parts/manifest.json"))["parameters"]["seed"] == 1
+    messages = []
+    result, _ = run_to_file(model, TIMES, R, out, seed=2, quantities=QUANTITIES, chunk_size=2, overwrite=True,
+                            report=messages.append)
+    assert result.info["resumed_realizations"] == 0 and any("discarding" in m for m in messages)
+    assert load_run(out).parameters["seed"] == 2
+
+
+@pytest.mark.parametrize("damage", ["list", "no_sha256", "parts_null", "no_hash", "bad_name", "wrong_hash"])
+def test_structurally_damaged_manifest_gives_the_documented_error(model, tmp_path, damage):
+    # Valid JSON of the wrong shape raised TypeError/KeyError/AttributeError, or (no parameters_hash)
+    # claimed different parameters.
+    out = str(tmp_path / "m.h5")
+    with pytest.raises(_Interrupt):
+        run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES, chunk_size=2,
+                    progress=_interrupt_after(2))
+    path = out + ".parts/manifest.json"
+    manifest = json.load(open(path))
+    entry = next(iter(manifest["parts"].values()))
+    if damage == "list":
+        manifest = []
+    elif damage == "no_sha256":
+        del entry["sha256"]
+    elif damage == "parts_null":
+        manifest["parts"] = None
+    elif damage == "no_hash":
+        del manifest["parameters_hash"]
+    elif damage == "bad_name":
+        manifest["parts"] = {"../../m.h5": entry}
+    else:
+        manifest["parameters_hash"] = "0" * 64
+    json.dump(manifest, open(path, "w"))
+    with pytest.raises(OutputError, match=r"manifest.json is damaged \(.+\); delete .*m.h5.parts or pass --overwrite"):
+        run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES, chunk_size=2)
+    result, _ = run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES, chunk_size=2, overwrite=True)
+    assert result.info["resumed_realizations"] == 0 and not os.path.exists(out + ".parts")
+
+
+def test_missing_and_damaged_outputs_are_named_as_such(model, tmp_path):
+    with pytest.raises(OutputError, match="nothere.h5 does not exist"):
+        load_run(str(tmp_path / "nothere.h5"))
+    open(tmp_path / "junk.h5", "wb").write(b"not hdf5")
+    with pytest.raises(OutputError, match="damaged or not a run file.*Pass --overwrite to replace it, or choose "
+                                          "another --output"):
+        run_to_file(model, TIMES, R, str(tmp_path / "junk.h5"), seed=SEED, quantities=QUANTITIES)
+
+
+def test_temporary_files_of_killed_writers_are_removed(model, tmp_path):
+    # kill -9 during the final write left .tmp-XXXX<output> forever.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".tmp-{dead.pid}-abc_e9gh" "t.h5"
+    live = tmp_path / f".tmp-{os.getppid()}-abcdefgh" "t.h5"  # a running writer's file stays
+    other = tmp_path / f".tmp-{dead.pid}-abcdefgh" "other.h5"  # another output's file stays
+    for f in (stale, live, other):
+        f.write_bytes(b"partial")
+    messages = []
+    run_to_file(model, TIMES, R, str(tmp_path / "t.h5"), seed=SEED, quantities=QUANTITIES, chunk_size=2,
+                report=messages.append)
+    assert not stale.exists() and live.exists() and other.exists()
+    assert any(stale.name in m for m in messages)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(f".tmp-{os.getpid()}-")]
