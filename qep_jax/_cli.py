@@ -10,6 +10,7 @@ import argparse
 import math
 import os
 import re
+import signal
 import sys
 import time
 import tomllib
@@ -68,6 +69,22 @@ def _positive_int(text):
     return value
 
 
+def _levels(text):
+    value = _int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is too small; use N >= 2")
+    return value
+
+
+def _seed(text):
+    from ._ensemble import SEED_LIMIT
+
+    value = _nonnegative_int(text)
+    if value >= SEED_LIMIT:  # jax.random.key overflowed (OverflowError traceback)
+        raise argparse.ArgumentTypeError(f"{text!r} is too large; use 0 <= seed < 2**63 = {SEED_LIMIT}")
+    return value
+
+
 def _nonnegative_int(text):
     value = _int(text)
     if value < 0:
@@ -83,6 +100,20 @@ def _finite_float(text):
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} must be finite")
     return value
+
+
+def _positive_float(text):
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def _path(text):
+    # A config file may give `output = true`: str(True) wrote a file named 'True'.
+    if not isinstance(text, str) or not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file name; write it in quotes, e.g. \"run.h5\"")
+    return text
 
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
@@ -110,6 +141,13 @@ def _times(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers, e.g. 0,10,20") from None
     if not values or not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"{text!r} must be finite numbers separated by commas, e.g. 0,10,20")
+    # The summary reports the last time as the final one and xarray's .sel needs unique times.
+    if values[0] < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} starts below 0; times must be >= 0 (t = 0 is the initial state)")
+    bad = next((i for i in range(1, len(values)) if values[i] <= values[i - 1]), None)
+    if bad is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not strictly increasing ({values[bad - 1]:g} then "
+                                         f"{values[bad]:g}); list each time once, in increasing order")
     return values
 
 
@@ -123,25 +161,41 @@ def _quantities(text):
     return names
 
 
+def _quantities_help() -> str:
+    from ._ensemble import DEFAULT_QUANTITIES, QUANTITIES
+
+    # ", " lets argparse wrap the list between names instead of inside them.
+    return (f"comma-separated quantities to average; default: {', '.join(DEFAULT_QUANTITIES)}; "
+            f"all: {', '.join(QUANTITIES)} (meanings in docs/cli.md)")
+
+
 # name -> (converter, help); flags are --name-with-dashes, config keys name_with_underscores.
 OPTIONS = {
-    "n_levels": (_positive_int, "reservoir levels N (>= 2)"),
+    "n_levels": (_levels, "reservoir levels N (>= 2)"),
     "delta": (_finite_float, "spin splitting Delta"),
     "coupling": (_finite_float, "coupling strength lambda"),
-    "beta": (_finite_float, "inverse temperature beta (> 0)"),
-    "t_max": (_finite_float, "last time point (grid 0..t_max)"),
+    "beta": (_positive_float, "inverse temperature beta (> 0)"),
+    "t_max": (_positive_float, "last time point (grid 0..t_max)"),
     "n_times": (_positive_int, "number of time points on 0..t_max"),
-    "times": (_times, "explicit comma-separated time points (replaces --t-max/--n-times)"),
+    "times": (_times, "explicit comma-separated time points, >= 0 and increasing (replaces --t-max/--n-times)"),
     "realizations": (_positive_int, "number of realizations R"),
-    "seed": (_nonnegative_int, "random seed (realization i uses fold_in(key(seed), i))"),
-    "quantities": (_quantities, "comma-separated quantities to average (see docs/cli.md)"),
-    "precision": (str, "float64 (default, for physics) or float32"),
+    "seed": (_seed, "random seed, 0 <= seed < 2**63 (realization i uses fold_in(key(seed), i))"),
+    "quantities": (_quantities, None),  # help built from the runner's tables
+    "precision": (str, "float64 (for physics) or float32"),
     "chunk_size": (_positive_int, "realizations per chunk (default: about R/10, within --memory-budget)"),
-    "memory_budget": (parse_bytes, "memory per device for one chunk, e.g. 2GiB"),
-    "output": (str, "output file (netCDF4/HDF5)"),
-    "figure": (str, "summary figure path (default: output with .png)"),
+    "memory_budget": (parse_bytes, "memory per device for one chunk (and for the series kept by "
+                                   "--keep-realizations), e.g. 2GiB"),
+    "output": (_path, "output file (netCDF4/HDF5)"),
+    "figure": (_path, "summary figure path; its extension sets the format (default: output with .png)"),
 }
-FLAGS = ("overwrite", "quiet", "keep_realizations", "no_figure")
+FLAGS = {
+    "overwrite": "recompute and replace an existing output (the old file stays until the new one is "
+                 "written; finished chunks of the same settings are resumed)",
+    "quiet": "no summary, no progress bar, no messages (errors are still printed)",
+    "keep_realizations": "also store every realization's series in the output (held in memory until "
+                         "the end; counted against --memory-budget)",
+    "no_figure": "do not draw the summary figure",
+}
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -152,10 +206,13 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=str, default=None, help="TOML file with the same keys as the flags")
     for name, (conv, text) in OPTIONS.items():
         kwargs = {"choices": ("float64", "float32")} if name == "precision" else {}
-        run.add_argument("--" + name.replace("_", "-"), dest=name, type=conv, default=None,
-                         help=f"{text} (default {DEFAULTS[name]})", **kwargs)
-    for name in FLAGS:
-        run.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true", default=None)
+        if name == "quantities":
+            text = _quantities_help()
+        elif DEFAULTS[name] is not None:
+            text = f"{text} (default {DEFAULTS[name]})"
+        run.add_argument("--" + name.replace("_", "-"), dest=name, type=conv, default=None, help=text, **kwargs)
+    for name, text in FLAGS.items():
+        run.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true", default=None, help=text)
     sub.add_parser("info", help="devices, precision, versions, linear-algebra backend")
     return parser
 
@@ -176,11 +233,10 @@ def _read_config(path: str) -> dict:
             if name == "precision" and value not in ("float64", "float32"):
                 raise UsageError(f"config {path}: precision = {value!r}; use 'float64' or 'float32'.")
             try:
-                if name == "times" and isinstance(value, list):
-                    value = ",".join(str(v) for v in value)
-                if isinstance(value, bool) and name not in ("output", "figure"):
-                    raise argparse.ArgumentTypeError("must not be true/false")
-                config[name] = conv(value)
+                if isinstance(value, bool):
+                    raise argparse.ArgumentTypeError(f"{value!r} is true/false, not a value")
+                joined = ",".join(str(v) for v in value) if name == "times" and isinstance(value, list) else value
+                config[name] = conv(joined)
             except argparse.ArgumentTypeError as err:
                 raise UsageError(f"config {path}: {key} = {value!r}: {err}.") from None
         elif name in FLAGS:
@@ -200,17 +256,58 @@ def _settings(args) -> dict:
     settings.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
     if isinstance(settings["memory_budget"], str):
         settings["memory_budget"] = parse_bytes(settings["memory_budget"])
-    if settings["n_levels"] < 2:
-        raise UsageError(f"--n-levels {settings['n_levels']} is too small; use N >= 2.")
-    if settings["beta"] <= 0:
-        raise UsageError(f"--beta {settings['beta']} must be > 0 (inverse temperature).")
+    # Range checks sit in the converters, so a bad value is named by its flag or config key.
     if settings["times"] is None:
-        if settings["t_max"] <= 0:
-            raise UsageError(f"--t-max {settings['t_max']} must be > 0; or give --times 0,10,20.")
         import numpy as np
 
         settings["times"] = list(np.linspace(0.0, settings["t_max"], settings["n_times"]))
+    settings["figure"] = _figure_path(settings)
     return settings
+
+
+def _figure_formats() -> set:
+    from matplotlib.figure import Figure
+
+    return set(Figure().canvas.get_supported_filetypes())
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
+def _figure_path(s: dict) -> str | None:
+    """The figure path, checked before the run: a bad one used to fail only after it (or, equal
+    to the output, silently replaced the run file with the PNG)."""
+    if s["no_figure"]:
+        return None
+    output = s["output"]
+    figure = s["figure"] or os.path.splitext(output)[0] + ".png"
+    if _same_file(figure, output):
+        if s["figure"]:
+            raise UsageError(f"--figure {figure} is the --output file; the figure would replace the run file. "
+                             f"Choose another --figure.")
+        raise UsageError(f"--output {output}: the default figure path (output with .png) is the output itself, "
+                         f"so the figure would replace the run file; use --output "
+                         f"{os.path.splitext(output)[0]}.h5, or give --figure or --no-figure.")
+    extension = os.path.splitext(figure)[1][1:].lower()
+    formats = _figure_formats()
+    if extension not in formats:
+        problem = f"unknown figure format .{extension}" if extension else "no extension to choose the format"
+        raise UsageError(f"--figure {figure}: {problem}; end it in one of "
+                         f"{', '.join('.' + f for f in sorted(formats))} (or pass --no-figure).")
+    directory = os.path.dirname(os.path.abspath(figure))
+    if not os.path.isdir(directory):
+        raise UsageError(f"--figure {figure}: directory {directory} does not exist; create it or choose another "
+                         f"--figure.")
+    if os.path.isdir(figure) or not os.access(directory, os.W_OK):
+        raise UsageError(f"--figure {figure} cannot be written (a directory, or no write permission in "
+                         f"{directory}); choose another --figure.")
+    return figure
 
 
 class _Progress:
@@ -264,7 +361,7 @@ def _summary(result, runtime: float, output: str, figure: str | None, already: b
     return "\n".join(lines)
 
 
-def _figure(result, path: str) -> None:
+def _draw_figure(result):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -275,7 +372,10 @@ def _figure(result, path: str) -> None:
     names = list(result.mean)
     ncols = 2 if len(names) > 1 else 1
     nrows = math.ceil(len(names) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.0 * nrows), squeeze=False, sharex=True)
+    # Constrained layout keeps room for the suptitle; tight_layout ignored it and the title
+    # overlapped the first row of panel titles (all 14 quantities: 7 rows).
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.0 * nrows), squeeze=False, sharex=True,
+                             layout="constrained")
     t = result.times
     for ax, q in zip(axes.flat, names):
         mean = result.mean[q].reshape(len(t), -1)
@@ -296,13 +396,46 @@ def _figure(result, path: str) -> None:
     fig.suptitle(f"spin-GORM N={p['n_levels']}, Delta={p['delta']:g}, lambda={p['coupling_strength']:g}, "
                  f"beta={p['beta']:g}: mean +- 1 standard error over {p['n_realizations']} realizations",
                  fontsize=9)
-    fig.tight_layout()
+    return fig
+
+
+def _figure(result, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = _draw_figure(result)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _run(args) -> int:
-    s = _settings(args)
+# How the runner's memory errors name the arguments on the command line.
+_FLAG_NAMES = {
+    "memory_budget": "--memory-budget",
+    "chunk_size": "--chunk-size",
+    "n_levels": "--n-levels",
+    "n_realizations": "--realizations",
+    "times": "--n-times/--times",
+    "quantities": "--quantities",
+    "keep_realizations": "--keep-realizations",
+}
+
+
+def _check_memory(model, s: dict) -> None:
+    """The runner's memory checks before anything is read or written, in terms of the flags."""
+    import jax
+
+    from ._ensemble import DEFAULT_QUANTITIES, check_memory
+    from ._open_system import InputError
+
+    try:
+        check_memory(model, len(s["times"]), s["realizations"], s["quantities"] or DEFAULT_QUANTITIES,
+                     s["keep_realizations"], s["chunk_size"], s["memory_budget"], jax.device_count(),
+                     names=_FLAG_NAMES)
+    except InputError as err:
+        raise UsageError(str(err)) from None
+
+
+def _compute(s: dict, stage: dict):
+    """Run (or resume, or load) the ensemble; ``stage['step']`` says how far it got, for Ctrl-C."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -310,34 +443,53 @@ def _run(args) -> int:
     from ._ensemble import with_precision
     from ._io import run_to_file
 
-    quiet = s["quiet"]
-    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
+    say = (lambda msg: None) if s["quiet"] else (lambda msg: print(msg, file=sys.stderr))
     model = with_precision(qep_jax.SpinGORM(s["n_levels"], s["delta"], s["coupling"], s["beta"]), s["precision"])
-    output = s["output"]
-    progress = _Progress(enabled=not quiet and sys.stderr.isatty())
-    t0 = time.perf_counter()
-    store_hint = output + ".parts"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the float32 warning is restated below in one line
-            result, already = run_to_file(
-                model, s["times"], s["realizations"], output, seed=s["seed"], quantities=s["quantities"],
-                keep_realizations=s["keep_realizations"], overwrite=s["overwrite"], report=say,
-                chunk_size=s["chunk_size"], memory_budget=s["memory_budget"], progress=progress,
-            )
-    except KeyboardInterrupt:
-        sys.stderr.write(f"\ninterrupted: finished chunks are kept in {store_hint}; "
-                         f"rerun the same command to resume.\n")
-        return EXIT_INTERRUPTED
+    _check_memory(model, s)
+    progress = _Progress(enabled=not s["quiet"] and sys.stderr.isatty())
+    stage["step"] = "running"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the float32 warning is restated below in one line
+        result, already = run_to_file(
+            model, s["times"], s["realizations"], s["output"], seed=s["seed"], quantities=s["quantities"],
+            keep_realizations=s["keep_realizations"], overwrite=s["overwrite"], report=say,
+            chunk_size=s["chunk_size"], memory_budget=s["memory_budget"], progress=progress,
+        )
+    stage["step"] = "written"
     if s["precision"] == "float32":
         say("note: float32 loses accuracy of entropy differences near t = 0; use --precision float64 for physics.")
-    runtime = time.perf_counter() - t0
-    figure = None
-    if not s["no_figure"]:
-        figure = s["figure"] or os.path.splitext(output)[0] + ".png"
-        _figure(result, figure)
-    if not quiet:
-        print(_summary(result, runtime, output, figure, already))
+    return result, already
+
+
+def _interrupt_message(err: KeyboardInterrupt, s: dict, step: str) -> str:
+    """What Ctrl-C left behind: it used to promise kept chunks even when none existed."""
+    output = s["output"]
+    if step == "written":
+        return (f"interrupted after {output} was written (it is complete); rerun the same command to draw "
+                f"the figure and summary (nothing is recomputed).")
+    kept = getattr(err, "kept_realizations", 0)
+    if kept:
+        return (f"interrupted: {kept} of {err.n_realizations} realizations are kept in {err.parts_directory}; "
+                f"rerun the same command to resume.")
+    if step == "running":
+        return f"interrupted before the first chunk finished; nothing was kept and {output} was not changed."
+    return "interrupted before the run started; nothing was written."
+
+
+def _run(args) -> int:
+    s = _settings(args)
+    stage = {"step": "setup"}
+    t0 = time.perf_counter()
+    try:
+        result, already = _compute(s, stage)
+        runtime = time.perf_counter() - t0
+        if s["figure"]:
+            _figure(result, s["figure"])
+    except KeyboardInterrupt as err:
+        sys.stderr.write("\n" + _interrupt_message(err, s, stage["step"]) + "\n")
+        return EXIT_INTERRUPTED
+    if not s["quiet"]:
+        print(_summary(result, runtime, s["output"], s["figure"], already))
     return 0
 
 
@@ -351,7 +503,7 @@ def _info() -> int:
 
     devices = jax.devices()
     backend = jax.default_backend()
-    linalg = {"cpu": "LAPACK kernels bundled with jaxlib (eigh: syevd)",
+    linalg = {"cpu": _cpu_linalg(),
               "gpu": "cuSOLVER / cuBLAS (eigh: syevd or batched syevj)",
               "tpu": "XLA TPU eigensolver"}.get(backend, backend)
     lines = [
@@ -365,13 +517,42 @@ def _info() -> int:
     lines.append("precision: qep-jax run computes in float64 by default (--precision float32 to change).")
     from ._linalg import batch_eigh_workers, host_cores
 
-    chosen = ", ".join(f"{name}={os.environ[name]}" for name in _THREAD_VARIABLES if name in os.environ)
-    lines.append(f"CPU threads: {host_cores()} cores, {chosen or 'BLAS thread count not set'}; batched "
+    lines.append(f"CPU threads: {host_cores()} cores; {_blas_threads_line()}; batched "
                  f"eigendecompositions split over {batch_eigh_workers(2 * 64)} host thread(s).")
     if os.environ.get("XLA_FLAGS"):
         lines.append(f"XLA_FLAGS={os.environ['XLA_FLAGS']}")
     print("\n".join(lines))
     return 0
+
+
+def _cpu_linalg() -> str:
+    """Where CPU eigendecompositions run (``_linalg``): the old line named only jaxlib's LAPACK."""
+    import numpy as np
+
+    from ._linalg import _callbacks_safe
+
+    try:
+        numpy_lapack = np.show_config(mode="dicts")["Build Dependencies"]["lapack"]["name"]
+    except Exception:  # older NumPy: no dict form
+        numpy_lapack = "LAPACK"
+    if not _callbacks_safe():
+        return ("jaxlib's LAPACK kernels (syevd), one matrix at a time (several CPU devices: host callbacks "
+                "would hang)")
+    return (f"single matrices: jaxlib's LAPACK kernels (syevd); batched eigh/eigvalsh: NumPy's "
+            f"{numpy_lapack} through host callbacks")
+
+
+def _blas_threads_line() -> str:
+    # pin_blas_threads sets the variables in this very process, so os.environ alone cannot say
+    # whether the user chose them.
+    pinned = [name for name in _THREAD_VARIABLES if name in _PINNED]
+    mine = ", ".join(f"{n}={os.environ[n]}" for n in _THREAD_VARIABLES if n in os.environ and n not in pinned)
+    if mine:
+        return f"BLAS threads set by you: {mine}"
+    if pinned:
+        return (f"BLAS threads: none set by you; qep-jax pinned {', '.join(f'{n}=1' for n in pinned)} "
+                f"(set one of them to choose)")
+    return "BLAS threads: none set (qep-jax run pins 1 unless you set OPENBLAS_NUM_THREADS, OMP_ or MKL_)"
 
 
 def main(argv=None) -> int:
@@ -387,6 +568,9 @@ def main(argv=None) -> int:
             return _info()
         parser.print_help()
         return EXIT_USAGE
+    except KeyboardInterrupt:  # _run reports what was kept; this covers parsing and info
+        print("\ninterrupted before the run started; nothing was written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except UsageError as err:
         print(f"qep-jax: error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -400,6 +584,7 @@ def main(argv=None) -> int:
 
 
 _THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_PINNED: set = set()  # variables pin_blas_threads set in this process (for qep-jax info)
 
 
 def pin_blas_threads() -> bool:
@@ -416,11 +601,28 @@ def pin_blas_threads() -> bool:
 
     for name in _THREAD_VARIABLES:
         os.environ[name] = "1"
+        _PINNED.add(name)
     threadpool_limits(limits=1, user_api="blas")
     return True
 
 
 def entry_point() -> None:
     """The ``qep-jax`` script and ``python -m qep_jax``: :func:`pin_blas_threads`, then :func:`main`."""
-    pin_blas_threads()
-    sys.exit(main())
+    try:
+        pin_blas_threads()
+        code = main()
+    except KeyboardInterrupt:  # before main could catch it
+        print("\ninterrupted before the run started; nothing was written.", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    # The work is done (or reported): a Ctrl-C during the interpreter's teardown killed the
+    # process with SIGINT (exit -2) or printed an 'Exception ignored' traceback after a finished run.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if code == EXIT_INTERRUPTED:
+        # Ctrl-C during the first chunk lands inside XLA's compilation (backend.compile_and_load);
+        # the normal interpreter shutdown then tears down half-built XLA objects and crashed with
+        # SIGSEGV in 5 of 7 tries (exit -11 instead of 130). os._exit skips that teardown; the
+        # parts are already fsynced, so only stdio needs flushing.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

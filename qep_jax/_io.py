@@ -464,6 +464,15 @@ def run_to_file(
             f"{output} holds a run with different parameters ({_differences(existing.parameters, params)}); "
             f"choose another --output or pass --overwrite to replace it."
         )
+    try:
+        result = _run_with_parts(model, times, n_realizations, output, store, overwrite, report, seed=seed,
+                                 quantities=quantities, keep_realizations=keep_realizations, **runner_kwargs)
+    except KeyboardInterrupt as err:
+        raise RunInterrupted(store.directory, store.saved_realizations(), n_realizations) from err
+    return result, False
+
+
+def _run_with_parts(model, times, n_realizations, output, store, overwrite, report, **runner_kwargs):
     completed = store.load(replace_other=overwrite)
     if completed:
         report(f"resuming: {sum(c.stop - c.start for c in completed)} of {n_realizations} realizations "
@@ -473,13 +482,9 @@ def run_to_file(
     import jax
 
     writer = jax.process_index() == 0
-    try:
-        result = run_ensemble(model, times, n_realizations, seed=seed, quantities=quantities,
-                              keep_realizations=keep_realizations, completed=completed,
-                              on_chunk=store.save if writer else None, **runner_kwargs)
-    except KeyboardInterrupt as err:
-        raise RunInterrupted(store.directory, store.saved_realizations(), n_realizations) from err
+    result = run_ensemble(model, times, n_realizations, completed=completed,
+                          on_chunk=store.save if writer else None, **runner_kwargs)
     if writer:
         write_run(output, result)
         store.remove()
-    return result, False
+    return result

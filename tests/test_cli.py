@@ -99,11 +99,26 @@ def test_float32_and_explicit_figure_path(tmp_path, monkeypatch, capsys):
         (["run", "--quantities", "entropy"], "unknown quantity"),
         (["run", "--precision", "float16"], "invalid choice"),
         (["run", "--memory-budget", "lots"], "2GiB"),
-        (["run", "--memory-budget", "1KiB"], "memory_budget >="),
+        (["run", "--memory-budget", "1KiB"], "--memory-budget >="),
         (["run", "--chunk-size", "0"], "must be >= 1"),
         (["run", "--config", "missing.toml"], "not found"),
         (["run", "--output", "no/such/dir/x.h5"], "does not exist"),
         (["run", "--bogus"], "unrecognized arguments"),
+        # The figure path is checked before the run (it failed after it, or replaced the output).
+        (["run", "--output", "res.png"], "would replace the run file"),
+        (["run", "--output", "a.h5", "--figure", "./a.h5"], "is the --output file"),
+        (["run", "--figure", "f2.xyz"], "unknown figure format .xyz"),
+        (["run", "--figure", "fig"], "no extension"),
+        (["run", "--figure", "nodir/f.png"], "does not exist"),
+        # Times must be the increasing, non-negative grid the summary and xarray assume.
+        (["run", "--times", "10,0,5"], "not strictly increasing (10 then 0)"),
+        (["run", "--times", "0,0,10"], "not strictly increasing (0 then 0)"),
+        (["run", "--times=-1,0"], "times must be >= 0"),
+        (["run", "--seed", "99999999999999999999"], "seed < 2**63"),  # was an OverflowError traceback
+        # Memory refusals name the flags.
+        (["run", "--realizations", "100000000", "--keep-realizations"], "--keep-realizations holds 100000000"),
+        (["run", "--chunk-size", "100000", "--memory-budget", "64MiB"], "--chunk-size <="),
+        (["run", "--n-levels", "100000000"], "--n-levels <="),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -113,6 +128,66 @@ def test_bad_values_give_one_line(argv, fragment, tmp_path, monkeypatch, capsys)
     assert code != 0
     assert fragment in err and err.startswith("qep-jax: error:") and err.count("\n") == 1
     assert "Traceback" not in err
+    if argv[0] == "run" and "--config" not in argv and "--output" not in argv[-2:-1]:
+        assert code == 2 and os.listdir(tmp_path) == []  # refused before anything was written
+
+
+def test_huge_n_levels_is_refused_quickly(tmp_path, monkeypatch, capsys):
+    # The largest fitting N was searched by scanning every N: 26 s for 2e7, > 100 s for 1e8.
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    t0 = time.perf_counter()
+    code, _, err = _main(["run", "--n-levels", "100000000"], capsys)
+    assert code == 2 and "--memory-budget >=" in err and time.perf_counter() - t0 < 5
+
+
+def test_run_help_describes_every_flag(capsys):
+    from qep_jax._ensemble import DEFAULT_QUANTITIES, QUANTITIES
+
+    with pytest.raises(SystemExit):
+        _cli.main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    assert "(default None)" not in text
+    for flag in ("--overwrite", "--quiet", "--keep-realizations", "--no-figure"):
+        assert f"{flag} " in text and not any(f"{flag} {other}" in text for other in ("--overwrite", "--quiet",
+                                                                                      "--keep-realizations",
+                                                                                      "--no-figure"))
+    assert f"default: {', '.join(DEFAULT_QUANTITIES)};" in text
+    assert all(q in text for q in QUANTITIES)
+
+
+def test_suptitle_clears_the_panel_titles_with_all_quantities():
+    import matplotlib.pyplot as plt
+
+    from qep_jax._ensemble import QUANTITIES, EnsembleResult
+
+    t = np.linspace(0, 10, 5)
+    shape = {q: (5, 1) if spec.per_reservoir else (5,) for q, spec in QUANTITIES.items()}
+    result = EnsembleResult(t, dict(n_levels=6, delta=0.1, coupling_strength=0.1, beta=10.0, n_realizations=3),
+                            {q: np.zeros(sh) for q, sh in shape.items()}, {}, {q: np.ones(sh) for q, sh in shape.items()})
+    fig = _cli._draw_figure(result)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    lowest = fig._suptitle.get_window_extent(renderer).y0
+    highest = max(ax.title.get_window_extent(renderer).y1 for ax in fig.axes if ax.get_visible())
+    plt.close(fig)
+    assert lowest >= highest
+
+
+def test_config_errors_name_the_config_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for name, text, fragment in (
+        ("beta", "beta = -1\n", "beta = -1: -1 must be > 0"),  # was reported as '--beta -1.0'
+        ("levels", "n_levels = 1\n", "n_levels = 1:"),
+        ("times", "times = [0, 0, 10]\n", "times = [0, 0, 10]: "),
+        ("output", "output = true\n", "output = True: True is true/false"),  # wrote a file 'True'
+        ("figure", "figure = true\n", "figure = True:"),
+    ):
+        (tmp_path / f"{name}.toml").write_text(text)
+        code, _, err = _main(["run", "--config", f"{name}.toml"], capsys)
+        assert code == 2 and fragment in err and "config" in err and "--" not in err.split(":", 2)[2], err
+    assert not (tmp_path / "True").exists()
 
 
 def test_bad_config_files(tmp_path, monkeypatch, capsys):
@@ -139,13 +214,81 @@ def test_interrupt_keeps_chunks_and_says_resume(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(_cli, "_Progress", lambda enabled: stop)
     code, out, err = _main(["run", *SMALL, "--no-figure"], capsys)
-    assert code == 130 and "rerun the same command to resume" in err
+    assert code == 130 and "2 of 5 realizations are kept in qep_run.h5.parts; rerun the same command" in err
     assert os.path.exists("qep_run.h5.parts/manifest.json")
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     code, out, err = _main(["run", *SMALL, "--no-figure"], capsys)
     assert code == 0 and "resuming: 2 of 5" in err and "2 resumed" in out
     assert not os.path.exists("qep_run.h5.parts")
+
+
+def test_interrupt_messages_say_what_was_kept(tmp_path, monkeypatch, capsys):
+    # Ctrl-C promised kept chunks when none existed, and outside the run printed a traceback.
+    monkeypatch.chdir(tmp_path)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(_cli, "_check_memory", ctrl_c)  # model setup
+        code, _, err = _main(["run", *SMALL], capsys)
+    assert code == 130 and "before the run started; nothing was written" in err
+    with monkeypatch.context() as m:
+        m.setattr(_cli, "_Progress", lambda enabled: ctrl_c)  # called before the first chunk
+        code, _, err = _main(["run", *SMALL], capsys)
+    assert code == 130 and "before the first chunk finished; nothing was kept" in err
+    assert os.listdir(tmp_path) == []
+    with monkeypatch.context() as m:
+        m.setattr(_cli, "_figure", ctrl_c)
+        code, _, err = _main(["run", *SMALL], capsys)
+    assert code == 130 and "qep_run.h5 was written (it is complete)" in err and "Traceback" not in err
+    code, out, _ = _main(["run", *SMALL], capsys)
+    assert code == 0 and "already holds this run" in out and os.path.exists("qep_run.png")
+
+
+def test_overwrite_interrupted_keeps_old_output_and_resumes(tmp_path, monkeypatch, capsys):
+    # --overwrite deleted the old output first, then 'rerun the same command to resume' deleted the
+    # kept chunks as well.
+    monkeypatch.chdir(tmp_path)
+    assert _main(["run", *SMALL, "--no-figure", "--quiet"], capsys)[0] == 0
+
+    def stop(done, total):
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    new = [*SMALL[:-6], "--seed", "8", *SMALL[-4:], "--no-figure", "--overwrite"]
+    with monkeypatch.context() as m:
+        m.setattr(_cli, "_Progress", lambda enabled: stop)
+        code, _, err = _main(["run", *new], capsys)
+    assert code == 130 and "2 of 5 realizations are kept" in err
+    assert load_run("qep_run.h5").parameters["seed"] == 7
+    code, out, err = _main(["run", *new], capsys)
+    assert code == 0 and "2 resumed" in out and load_run("qep_run.h5").parameters["seed"] == 8
+
+
+def test_ctrl_c_in_a_real_process_exits_130(tmp_path):
+    """SIGINT to ``python -m qep_jax run`` while the first chunk compiles (the crash case: exit -11
+    in 5 of 7 tries, with a message about kept chunks that did not exist), and after a chunk."""
+    code = textwrap.dedent("""
+        import os, signal, threading
+        from qep_jax import _cli, _ensemble
+        first = _ensemble._chunk_function
+        def chunk_function(*args):
+            # SIGINT 0.2 s after the chunk function is built: inside its XLA compilation.
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+            return first(*args)
+        _ensemble._chunk_function = chunk_function
+        _cli.entry_point()
+    """)
+    args = ["run", "--n-levels", "16", "--realizations", "4", "--n-times", "8", "--no-figure",
+            "--quantities", "entropy_production,mutual_information"]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    # Normally still compiling: nothing kept; on a fast machine a first chunk may have finished.
+    assert "nothing was kept" in proc.stderr or "realizations are kept" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_progress_bar_only_on_terminal(capsys):
@@ -185,11 +328,13 @@ def test_entry_point_pins_blas_unless_the_user_chose(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=base, timeout=120,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("True [1]\n") and "OPENBLAS_NUM_THREADS=1" in proc.stdout
+    # info showed the pinned variables as if the user had set them.
+    assert proc.stdout.startswith("True [1]\n") and "none set by you; qep-jax pinned OPENBLAS_NUM_THREADS=1" in proc.stdout
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env=dict(base, OPENBLAS_NUM_THREADS="2"))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("False [") and "OPENBLAS_NUM_THREADS=2;" in proc.stdout
+    assert proc.stdout.startswith("False [") and "BLAS threads set by you: OPENBLAS_NUM_THREADS=2;" in proc.stdout
+    assert "batched eigh/eigvalsh: NumPy's" in proc.stdout and "host callbacks" in proc.stdout
     assert "split over 1 host thread(s)" in proc.stdout
 
 
