@@ -134,10 +134,10 @@ class _Interrupt(Exception):
     pass
 
 
-def _interrupt_after(n_done):
+def _interrupt_after(n_done, error=None):
     def progress(done, total):
         if done >= n_done:
-            raise _Interrupt
+            raise error or _Interrupt
     return progress
 
 
@@ -317,13 +317,6 @@ def test_largest_seed_runs(model):
     assert np.all(np.isfinite(res.mean["heat"]))
 
 
-def _ctrl_c_after(n_done):
-    def progress(done, total):
-        if done >= n_done:
-            raise KeyboardInterrupt
-    return progress
-
-
 def test_overwrite_keeps_the_old_output_until_the_new_one_is_written(model, tmp_path):
     # --overwrite deleted the output and parts first: a failing or interrupted new run lost both.
     from qep_jax._io import RunInterrupted
@@ -335,7 +328,7 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_written(model, tmp_
     assert load_run(out).parameters["seed"] == SEED
     with pytest.raises(RunInterrupted) as err:
         run_to_file(model, TIMES, R, out, seed=8, quantities=QUANTITIES, chunk_size=2, overwrite=True,
-                    progress=_ctrl_c_after(2))
+                    progress=_interrupt_after(2, KeyboardInterrupt))
     assert err.value.kept_realizations == 2 and isinstance(err.value, KeyboardInterrupt)
     assert load_run(out).parameters["seed"] == SEED
     # The same command again resumes the kept chunks (same parameters), then replaces the output.
