@@ -41,9 +41,9 @@ from jax.custom_derivatives import SymbolicZero
 from . import _linalg
 
 from ._entropy import von_neumann_entropy
-from ._evolve import _apply_on_factor, _equilibrium, _system_factor, warn_if_float32
+from ._evolve import _equilibrium, warn_if_float32
 from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all, check_count, check_finite, check_hermitian
-from ._spectral import reduced_from_factor
+from ._propagator_rules import _zero_if_symbolic, apply_on_factor, system_factor
 from .protocols import FourierRamp, PiecewiseConstant
 
 # Fourth-order commutator-free Magnus (two Gauss-Legendre nodes c_1 < c_2):
@@ -174,7 +174,7 @@ def _observe(system: OpenSystem, drives: _Drives, h: Array, x: Array, y: Array) 
     xt = x.reshape(dims[0], -1, x.shape[-1])
     yt = y.reshape(dims[0], -1, y.shape[-1])
     rho_s = _linalg.hermitian_part(jnp.einsum("arn,brn->ab", xt, yt.conj()))
-    reservoir_energy = jnp.real(jnp.vdot(y, _apply_on_factor(system.h_reservoirs[0], x, dims, 1)))
+    reservoir_energy = jnp.real(jnp.vdot(y, apply_on_factor(system.h_reservoirs[0], x, dims, 1)))
     energy = jnp.real(jnp.vdot(y, h @ x))
     g_sys = jnp.real(jnp.einsum("jab,ba->j", drives.system, rho_s))
     g_cpl = jnp.real(jnp.einsum("dr,jde,er->j", y.conj(), drives.coupling, x))
@@ -209,12 +209,8 @@ def _propagate_factors(step_hamiltonians, system, drives, factors, scan_inputs, 
 def _initial_factor(system: OpenSystem, rho_system: Array, rank: int) -> Array:
     """``X0 = L (x) sqrt(rho_r^eq)``, ``L L^dag = rho_s(0)`` of rank ``rank``: ``(D, rank d_r)`` complex."""
     eq = _equilibrium(system, 0)
-    factor = _kron_all([_system_factor(rho_system, rank), eq.sqrt_rho])
+    factor = _kron_all([system_factor(rho_system, rank), eq.sqrt_rho])
     return factor.astype(jnp.result_type(factor, jnp.complex64))
-
-
-def _zeros_for(tangent, primal):
-    return jnp.zeros_like(primal) if isinstance(tangent, SymbolicZero) else tangent
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
@@ -239,7 +235,7 @@ def _linear_series_jvp(propagate, rank, primals, tangents):
         return propagate(system, drives, protocol, (_initial_factor(system, rho_system, rank),))
 
     rest = (system, drives, protocol)
-    drest = jax.tree_util.tree_map(_zeros_for, (dsystem, ddrives, dprotocol), rest,
+    drest = jax.tree_util.tree_map(_zero_if_symbolic, (dsystem, ddrives, dprotocol), rest,
                                    is_leaf=lambda t: isinstance(t, SymbolicZero))
     series, dseries = jax.jvp(at_fixed_initial_state, rest, drest)
     if isinstance(drho, SymbolicZero):

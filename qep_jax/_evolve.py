@@ -17,8 +17,6 @@ from ._entropy import von_neumann_entropy
 from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all, check_count
 from ._propagator_rules import (SeriesConfig, n_series_observables, spectral_series, system_pairs,
                                 system_state_from_pairs, thermal_state)
-from ._propagator_rules import apply_on_factor as _apply_on_factor
-from ._propagator_rules import system_factor as _system_factor
 from ._trajectory import Trajectory
 
 # Working memory the time-point loop may use per realization before it is split into batches.

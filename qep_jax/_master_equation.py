@@ -18,6 +18,7 @@ from jax import Array
 from ._entropy import von_neumann_entropy
 from ._evolve import check_times
 from ._open_system import InputError, _is_concrete
+from ._propagator_rules import _gibbs_weights
 from .models._spin_gorm import SpinGORM
 
 # <R_kl^2> = <X_kl^2> / (8 N) = 1 / (8 N) for the GOE of density exp(-Tr X^2 / 4), times the
@@ -80,11 +81,6 @@ def reservoir_spectrum(frequencies, beta, *, prefactor=SPECTRUM_PREFACTOR) -> Ar
     return jnp.where(inside, value, 0.0)
 
 
-def _canonical_populations(energies: Array, beta) -> Array:
-    logits = -beta * energies
-    return jnp.exp(logits - jax.nn.logsumexp(logits))
-
-
 def reservoir_spectrum_lines(energies, coupling_matrix, beta) -> tuple[Array, Array]:
     """The discrete lines of ``a(w)`` for one sampled coupling: ``w_kl = e_l - e_k``, ``weight_kl = p_k |R_kl|^2``.
 
@@ -112,7 +108,7 @@ def reservoir_spectrum_lines(energies, coupling_matrix, beta) -> tuple[Array, Ar
         n = e.shape[-1]
         if e.ndim != 1 or r.shape != (n, n):
             raise InputError(f"energies {e.shape} and coupling_matrix {r.shape} must be (N,) and (N, N).")
-    p = _canonical_populations(e, beta)
+    p = _gibbs_weights(e, beta)[0]
     return e[None, :] - e[:, None], p[:, None] * jnp.abs(r) ** 2
 
 
@@ -353,7 +349,7 @@ def shell_pair_probability(model: SpinGORM) -> Array:
     """
     _check_model(model)
     e = model.reservoir_energies()
-    p = _canonical_populations(e, model.beta)
+    p = _gibbs_weights(e, model.beta)[0]
     spacing = 1.0 / (model.n_levels - 1)
     # Tolerance of 1e-9 spacings so that a level exactly at -1/2 + Delta counts despite rounding.
     return jnp.sum(jnp.where(e >= -0.5 + model.delta - 1e-9 * spacing, p, 0.0))
@@ -397,7 +393,7 @@ def shell_prediction(model: SpinGORM, times, *, prefactor=SPECTRUM_PREFACTOR) ->
     p_up = pair * filling
 
     e = model.reservoir_energies()
-    p = _canonical_populations(e, model.beta)
+    p = _gibbs_weights(e, model.beta)[0]
     spacing = 1.0 / (model.n_levels - 1)
     tol = 1e-9 * spacing
     low = jnp.sum(jnp.where(e < -0.5 + model.delta - tol, p, 0.0))
