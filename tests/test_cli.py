@@ -1,9 +1,11 @@
 """The qep-jax command line end to end in a temporary directory (small problem, in-process main)."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import h5py
 import numpy as np
@@ -265,6 +267,42 @@ def test_overwrite_interrupted_keeps_old_output_and_resumes(tmp_path, monkeypatc
     assert load_run("qep_run.h5").parameters["seed"] == 7
     code, out, err = _main(["run", *new], capsys)
     assert code == 0 and "2 resumed" in out and load_run("qep_run.h5").parameters["seed"] == 8
+
+
+class _DropsCtrlC:
+    """Ctrl-C while a ``__del__`` runs, as it happened inside jax's gc callback in CI: Python drops
+    the KeyboardInterrupt raised there and prints "Exception ignored in ..." (the run went on)."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_a_ctrl_c_python_drops_is_sent_again(capsys):
+    with pytest.raises(KeyboardInterrupt):
+        with _cli._remember_ctrl_c() as ctrl_c:
+            _DropsCtrlC()
+            assert ctrl_c.pressed
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the re-sent SIGINT lands in this loop
+                time.sleep(0.01)
+    assert "Exception ignored" not in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_dropped_twice_stops_the_run_after_the_chunk(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+
+    def bar(done, total):
+        if done >= 2:
+            _DropsCtrlC()
+
+    with monkeypatch.context() as m:
+        m.setattr(_cli._CtrlC, "unraisable", lambda self, default, hook_args: None)  # no re-send
+        m.setattr(_cli, "_Progress", lambda enabled: bar)
+        code, _, err = _main(["run", *SMALL, "--no-figure"], capsys)
+    assert code == 130 and "2 of 5 realizations are kept" in err, err
+    code, out, _ = _main(["run", *SMALL, "--no-figure"], capsys)
+    assert code == 0 and "2 resumed" in out
 
 
 def test_ctrl_c_in_a_real_process_exits_130(tmp_path):
