@@ -163,6 +163,8 @@ def environment() -> dict:
         "devices": [str(d) for d in jax.devices()],
         "threads": {k: os.environ.get(k) for k in THREAD_ENV},
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "blas": blas_libraries(),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "load_average": os.getloadavg(),
         "git": _git_state(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
@@ -175,6 +177,15 @@ def environment() -> dict:
         except importlib.metadata.PackageNotFoundError:
             info[name] = None
     return info
+
+
+def blas_libraries() -> list[str]:
+    """Loaded BLAS copies with their kernel architecture: OPENBLAS_CORETYPE can force older kernels
+    (this VM sets Haswell: a 400 x 400 eigh took 13.2 ms against 9.2 ms with its detected SkylakeX)."""
+    from threadpoolctl import threadpool_info
+
+    return [f"{i['internal_api']} {i.get('version')} {i.get('architecture')}" for i in threadpool_info()
+            if i["user_api"] == "blas"]
 
 
 def _git_state() -> str:

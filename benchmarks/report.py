@@ -115,7 +115,8 @@ def markdown(results: Path) -> str:
         f"Measured {env['date_utc']} UTC on **{env['cpu']}** ({env['cores']} cores, CPU only), "
         f"jax {env['jax']}, jaxlib {env['jaxlib']}, qutip {env['qutip']}, dynamiqs {env['dynamiqs']}, "
         f"scipy {env['scipy']}, numpy {env['numpy']}. Threads: `{env['threads']}` for every route "
-        f"(XLA_FLAGS=`{env['xla_flags']}`); load average at the end of the N sweep: "
+        f"(XLA_FLAGS=`{env['xla_flags']}`); BLAS kernels: {', '.join(env.get('blas', [])) or 'not recorded'}"
+        f"{' (OPENBLAS_CORETYPE=' + env['openblas_coretype'] + ')' if env.get('openblas_coretype') else ''}; load average at the end of the N sweep: "
         f"{', '.join(f'{x:.1f}' for x in env['load_average'])}. "
         "Times are medians of repeated calls after a first (compiling) call.",
         "",

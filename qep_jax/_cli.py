@@ -583,6 +583,7 @@ def _info() -> int:
 
     lines.append(f"CPU threads: {host_cores()} cores; {_blas_threads_line()}; batched "
                  f"eigendecompositions split over {batch_eigh_workers(2 * 64)} host thread(s).")
+    lines.append(_blas_kernels_line())
     if os.environ.get("XLA_FLAGS"):
         lines.append(f"XLA_FLAGS={os.environ['XLA_FLAGS']}")
     print("\n".join(lines))
@@ -604,6 +605,20 @@ def _cpu_linalg() -> str:
                 "would hang)")
     return (f"single matrices: jaxlib's LAPACK kernels (syevd); batched eigh/eigvalsh: NumPy's "
             f"{numpy_lapack} through host callbacks")
+
+
+def _blas_kernels_line() -> str:
+    """The BLAS behind the host eigendecompositions and its kernels: OPENBLAS_CORETYPE can force
+    older ones (a 400 x 400 eigh took 13.2 ms with Haswell kernels against 9.2 ms with the
+    SkylakeX ones OpenBLAS detected, on an AVX-512 AMD EPYC)."""
+    from threadpoolctl import threadpool_info
+
+    found = [f"{i['internal_api']} {i.get('version') or ''} ({i.get('architecture') or 'unknown'} kernels)"
+             for i in threadpool_info() if i["user_api"] == "blas"]
+    line = "BLAS loaded: " + ("; ".join(found) if found else "none reported by threadpoolctl")
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        line += f"; OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set (unset it to let OpenBLAS choose)"
+    return line
 
 
 def _blas_threads_line() -> str:
