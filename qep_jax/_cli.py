@@ -475,9 +475,12 @@ class _CtrlC:
 
 @contextlib.contextmanager
 def _remember_ctrl_c():
-    """Install :class:`_CtrlC` for the duration of a run (main thread only; signals need it)."""
+    """Install :class:`_CtrlC` for the duration of a run, in place of Python's own SIGINT handler
+    only: an ignored SIGINT (a job started in the background by a script) stays ignored, and
+    another program's handler stays in place. Signals are for the main thread only."""
     ctrl_c = _CtrlC()
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield ctrl_c
         return
     previous_handler, previous_hook = signal.signal(signal.SIGINT, ctrl_c), sys.unraisablehook

@@ -291,6 +291,20 @@ def test_a_ctrl_c_python_drops_is_sent_again(capsys):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_an_ignored_or_foreign_sigint_handler_is_left_alone():
+    # A job started in the background by a script inherits SIGINT ignored; it must stay ignored.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _cli._remember_ctrl_c():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with _cli._remember_ctrl_c() as ctrl_c:
+        assert signal.getsignal(signal.SIGINT) is ctrl_c
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_ctrl_c_dropped_twice_stops_the_run_after_the_chunk(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
 
