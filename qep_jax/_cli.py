@@ -7,16 +7,16 @@ stderr with a fix and a non-zero exit code; tracebacks are reserved for bugs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import re
 import signal
 import sys
-import threading
 import time
 import tomllib
 import warnings
+
+from ._interrupt import remember_ctrl_c
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -436,64 +436,7 @@ def _check_memory(model, s: dict) -> None:
         raise UsageError(str(err)) from None
 
 
-class _CtrlC:
-    """SIGINT handler that raises KeyboardInterrupt, as Python's does, and remembers the press.
-
-    Python drops an exception raised while a gc callback or ``__del__`` runs and prints "Exception
-    ignored in ...". jax registers such a callback (``_xla_gc_callback``), and a Ctrl-C during a
-    chunk's compilation sometimes landed there: the run went on to exit 0 with that traceback (3 of
-    40 presses at 0.05-0.5 s into the first compilation). A dropped press is sent again 50 ms
-    later, and :meth:`check` raises it at the next checkpoint (after each chunk, after the run)
-    should that be dropped too.
-    """
-
-    def __init__(self):
-        self.pressed = False
-        self._resend = None
-
-    def __call__(self, signum, frame):
-        self.pressed = True
-        raise KeyboardInterrupt
-
-    def check(self):
-        if self.pressed:
-            self.cancel()  # a late re-send would interrupt the interrupt's own report
-            raise KeyboardInterrupt
-
-    def unraisable(self, default, hook_args):
-        if not (self.pressed and issubclass(hook_args.exc_type, KeyboardInterrupt)):
-            return default(hook_args)
-        if self._resend is None:  # once: the checkpoint covers a second drop
-            self._resend = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
-            self._resend.daemon = True
-            self._resend.start()
-
-    def cancel(self):
-        if self._resend is not None:
-            self._resend.cancel()
-
-
-@contextlib.contextmanager
-def _remember_ctrl_c():
-    """Install :class:`_CtrlC` for the duration of a run, in place of Python's own SIGINT handler
-    only: an ignored SIGINT (a job started in the background by a script) stays ignored, and
-    another program's handler stays in place. Signals are for the main thread only."""
-    ctrl_c = _CtrlC()
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield ctrl_c
-        return
-    previous_handler, previous_hook = signal.signal(signal.SIGINT, ctrl_c), sys.unraisablehook
-    sys.unraisablehook = lambda hook_args: ctrl_c.unraisable(previous_hook, hook_args)
-    try:
-        yield ctrl_c
-    finally:
-        ctrl_c.cancel()
-        signal.signal(signal.SIGINT, previous_handler)
-        sys.unraisablehook = previous_hook
-
-
-def _compute(s: dict, stage: dict, ctrl_c: _CtrlC):
+def _compute(s: dict, stage: dict):
     """Run (or resume, or load) the ensemble; ``stage['step']`` says how far it got, for Ctrl-C."""
     import jax
 
@@ -505,12 +448,7 @@ def _compute(s: dict, stage: dict, ctrl_c: _CtrlC):
     say = (lambda msg: None) if s["quiet"] else (lambda msg: print(msg, file=sys.stderr))
     model = with_precision(qep_jax.SpinGORM(s["n_levels"], s["delta"], s["coupling"], s["beta"]), s["precision"])
     _check_memory(model, s)
-    bar = _Progress(enabled=not s["quiet"] and sys.stderr.isatty())
-
-    def progress(done, total):
-        bar(done, total)
-        ctrl_c.check()  # a press Python dropped (see _CtrlC) stops the run here, after the chunk is saved
-
+    progress = _Progress(enabled=not s["quiet"] and sys.stderr.isatty())
     stage["step"] = "running"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the float32 warning is restated below in one line
@@ -545,8 +483,10 @@ def _run(args) -> int:
     stage = {"step": "setup"}
     t0 = time.perf_counter()
     try:
-        with _remember_ctrl_c() as ctrl_c:
-            result, already = _compute(s, stage, ctrl_c)
+        # run_ensemble stops after a saved chunk on a press Python dropped; these checks cover
+        # the rest of the command (see _interrupt).
+        with remember_ctrl_c() as ctrl_c:
+            result, already = _compute(s, stage)
             runtime = time.perf_counter() - t0
             ctrl_c.check()
             if s["figure"]:

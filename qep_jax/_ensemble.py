@@ -30,6 +30,7 @@ from ._evolve import (
     realization_bytes,
     warn_if_float32,
 )
+from ._interrupt import remember_ctrl_c
 from ._linalg import batch_eigh_workers, hint_blas_threads
 from ._open_system import InputError
 from ._random import goe
@@ -464,24 +465,26 @@ def run_ensemble(
     if progress is not None:
         progress(done, n_realizations)
     t0 = time.perf_counter()
-    for gap_start, gap_stop in gaps:
-        for start in range(gap_start, gap_stop, chunk_size):
-            stop = min(start + chunk_size, gap_stop)
-            # Pad with the last index; padded rows are computed and dropped (static chunk shape).
-            idx = np.minimum(np.arange(start, start + chunk_size), stop - 1).astype(np.int64)
-            indices = jax.make_array_from_callback(idx.shape, sharding, lambda s, idx=idx: idx[s])
-            out = fn(model, key, times_dev, indices)
-            values = {q: _gather(out[q])[: stop - start].astype(np.float64) for q in quantities}
-            chunk = ChunkResult(
-                start, stop, {q: Moments.from_samples(v) for q, v in values.items()},
-                values if keep_realizations else None,
-            )
-            chunks.append(chunk)
-            if on_chunk is not None:
-                on_chunk(chunk)
-            done += stop - start
-            if progress is not None:
-                progress(done, n_realizations)
+    with remember_ctrl_c() as ctrl_c:
+        for gap_start, gap_stop in gaps:
+            for start in range(gap_start, gap_stop, chunk_size):
+                stop = min(start + chunk_size, gap_stop)
+                # Pad with the last index; padded rows are computed and dropped (static chunk shape).
+                idx = np.minimum(np.arange(start, start + chunk_size), stop - 1).astype(np.int64)
+                indices = jax.make_array_from_callback(idx.shape, sharding, lambda s, idx=idx: idx[s])
+                out = fn(model, key, times_dev, indices)
+                values = {q: _gather(out[q])[: stop - start].astype(np.float64) for q in quantities}
+                chunk = ChunkResult(
+                    start, stop, {q: Moments.from_samples(v) for q, v in values.items()},
+                    values if keep_realizations else None,
+                )
+                chunks.append(chunk)
+                if on_chunk is not None:
+                    on_chunk(chunk)
+                done += stop - start
+                if progress is not None:
+                    progress(done, n_realizations)
+                ctrl_c.check()  # a Ctrl-C Python dropped (see _interrupt) stops here, the chunk kept
     runtime = time.perf_counter() - t0
 
     chunks.sort(key=lambda c: c.start)

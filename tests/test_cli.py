@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from qep_jax import _cli, load_run
+from qep_jax import _cli, _interrupt, load_run
 
 SMALL = ["--n-levels", "6", "--t-max", "30", "--n-times", "4", "--realizations", "5", "--seed", "7",
          "--quantities", "entropy_production,heat,spin_polarization", "--chunk-size", "2"]
@@ -281,7 +281,7 @@ class _DropsCtrlC:
 
 def test_a_ctrl_c_python_drops_is_sent_again(capsys):
     with pytest.raises(KeyboardInterrupt):
-        with _cli._remember_ctrl_c() as ctrl_c:
+        with _interrupt.remember_ctrl_c() as ctrl_c:
             _DropsCtrlC()
             assert ctrl_c.pressed
             deadline = time.monotonic() + 10
@@ -295,12 +295,12 @@ def test_an_ignored_or_foreign_sigint_handler_is_left_alone():
     # A job started in the background by a script inherits SIGINT ignored; it must stay ignored.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with _cli._remember_ctrl_c():
+        with _interrupt.remember_ctrl_c():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
-    with _cli._remember_ctrl_c() as ctrl_c:
+    with _interrupt.remember_ctrl_c() as ctrl_c:
         assert signal.getsignal(signal.SIGINT) is ctrl_c
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
@@ -313,7 +313,7 @@ def test_a_ctrl_c_dropped_twice_stops_the_run_after_the_chunk(tmp_path, monkeypa
             _DropsCtrlC()
 
     with monkeypatch.context() as m:
-        m.setattr(_cli._CtrlC, "unraisable", lambda self, default, hook_args: None)  # no re-send
+        m.setattr(_interrupt.CtrlC, "unraisable", lambda self, default, hook_args: None)  # no re-send
         m.setattr(_cli, "_Progress", lambda enabled: bar)
         code, _, err = _main(["run", *SMALL, "--no-figure"], capsys)
     assert code == 130 and "2 of 5 realizations are kept" in err, err

@@ -345,6 +345,30 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_written(model, tmp_
     assert load_run(out).parameters["seed"] == 8 and not os.path.exists(out + ".parts")
 
 
+def test_a_ctrl_c_python_drops_stops_run_to_file_after_the_chunk(model, tmp_path, monkeypatch):
+    # A KeyboardInterrupt raised inside a gc callback or __del__ (jax's _xla_gc_callback runs during
+    # compilation) is dropped by Python; the run used to go on to the end.
+    import signal
+
+    from qep_jax import _interrupt
+    from qep_jax._io import RunInterrupted
+
+    class Drops:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    def progress(done, total):
+        if done >= 2:
+            Drops()
+
+    monkeypatch.setattr(_interrupt.CtrlC, "unraisable", lambda self, default, hook_args: None)  # no re-send
+    out = str(tmp_path / "dropped.h5")
+    with pytest.raises(RunInterrupted) as err:
+        run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES, chunk_size=2, progress=progress)
+    assert err.value.kept_realizations == 2 and not os.path.exists(out)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_overwrite_discards_parts_of_other_parameters_only_when_it_saves(model, tmp_path):
     out = str(tmp_path / "b.h5")
     with pytest.raises(_Interrupt):
