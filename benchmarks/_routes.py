@@ -128,7 +128,22 @@ def route_ours_grad_full(n, x, times):
 # Peer 1: the dense QuTiP route.
 
 
-def _route_qutip(n, x, times, full):
+def _route_qutip(n, x, times, full, conserved=False, eigenbasis=False):
+    """The dense QuTiP route; ``conserved`` / ``eigenbasis`` select the variants below.
+
+    Prescribed route (both flags off): ``H.eigenstates()`` once, then per time point
+    ``U(t) = W exp(-iEt) W^dag`` as a ``Qobj``, ``rho = U * rho0 * U.dag()``, ``ptrace``,
+    ``entropy_vn``, ``expect``; the full set adds ``ptrace(1)``, ``entropy_vn``,
+    ``entropy_mutual(rho, 0, 1)`` (which diagonalizes the whole ``2N x 2N`` state) and
+    ``entropy_relative``.
+
+    ``conserved``: ``I = S + S_r - S_tot`` with ``S_tot = entropy_vn(rho0)`` computed once per call
+    (unitary evolution conserves it), the form the dynamiqs and naive routes use; otherwise the
+    same calls. ``eigenbasis``: ``rho0`` rotated into the eigenbasis once (``W^dag rho0 W``); per
+    time point the phases ``exp(-i(E_j - E_k)t)`` multiply it elementwise and ``W rho_e(t) W^dag``
+    (2 dense products instead of the 3 of building ``U`` and ``U rho0 U^dag``). Only an opt-in
+    measurement of what the prescribed ``U rho0 U^dag`` form costs; not in the default sweep.
+    """
     import qutip
 
     h, h_r, rho0_np, rho_r_eq_np = dense_problem(n, x)
@@ -141,13 +156,22 @@ def _route_qutip(n, x, times, full):
     s0 = qutip.entropy_vn(rho0.ptrace(0))
 
     def run():
-        # Eigendecomposition once; then every time point builds U(t), rho(t) and its reductions.
+        # Eigendecomposition once; then every time point forms rho(t) and its reductions.
         energies, kets = hamiltonian.eigenstates()
         w = np.hstack([k.full() for k in kets])
+        if eigenbasis:
+            w_q = qutip.Qobj(w, dims=dims)
+            rho0_e = (w_q.dag() * rho0 * w_q).full()
+        if full and conserved:
+            s_tot = qutip.entropy_vn(rho0)  # S(rho(t)) = S(rho(0)) under unitary evolution
         series = {k: [] for k in (FULL_KEYS if full else CHEAP_KEYS)}
         for t in times:
-            u = qutip.Qobj((w * np.exp(-1j * energies * t)) @ w.conj().T, dims=dims)
-            rho = u * rho0 * u.dag()
+            if eigenbasis:
+                phase = np.exp(-1j * energies * t)
+                rho = w_q * qutip.Qobj(phase[:, None] * rho0_e * phase.conj()[None, :], dims=dims) * w_q.dag()
+            else:
+                u = qutip.Qobj((w * np.exp(-1j * energies * t)) @ w.conj().T, dims=dims)
+                rho = u * rho0 * u.dag()
             rho_s = rho.ptrace(0)
             s = qutip.entropy_vn(rho_s)
             heat = heat0 - qutip.expect(h_res, rho)
@@ -156,8 +180,10 @@ def _route_qutip(n, x, times, full):
             series["entropy_production"].append(s - s0 - BETA * heat)
             if full:
                 rho_r = rho.ptrace(1)
-                series["reservoir_entropy"].append(qutip.entropy_vn(rho_r))
-                series["mutual_information"].append(qutip.entropy_mutual(rho, 0, 1))
+                s_r = qutip.entropy_vn(rho_r)
+                series["reservoir_entropy"].append(s_r)
+                series["mutual_information"].append(
+                    s + s_r - s_tot if conserved else qutip.entropy_mutual(rho, 0, 1))
                 series["reservoir_relative_entropy"].append(qutip.entropy_relative(rho_r, rho_r_eq))
         return series
 
@@ -170,6 +196,19 @@ def route_qutip_cheap(n, x, times):
 
 def route_qutip_full(n, x, times):
     return _route_qutip(n, x, times, True)
+
+
+def route_qutip_full_conserved(n, x, times):
+    """The full set with ``I = S + S_r - S_tot`` (``S_tot`` from t = 0), as dynamiqs / naive do."""
+    return _route_qutip(n, x, times, True, conserved=True)
+
+
+def route_qutip_cheap_eigenbasis(n, x, times):
+    return _route_qutip(n, x, times, False, eigenbasis=True)
+
+
+def route_qutip_full_conserved_eigenbasis(n, x, times):
+    return _route_qutip(n, x, times, True, conserved=True, eigenbasis=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,7 +272,16 @@ def _jnp_entropy(p):
     return -jnp.sum(jnp.where(p > 0, p * jnp.log(safe), 0.0), axis=-1)
 
 
-def _route_naive(n, x, times, full):
+def _route_naive(n, x, times, full, propagator=False):
+    """``jax.jit``: ``eigh`` once, ``vmap`` over time of the dense ``rho(t)``, partial traces by
+    ``einsum``, ``eigvalsh`` of ``rho_s`` (and ``rho_r`` for the full set).
+
+    ``rho(0)`` is rotated into the eigenbasis once (``rho_e = W^dag rho0 W``); each time point
+    multiplies it by the phases ``exp(-i(E_j - E_k)t)`` and forms ``rho(t) = W rho_e(t) W^dag``:
+    2 dense ``D x D`` products per time point. ``propagator=True`` is the earlier form that builds
+    ``U(t) = W exp(-iEt) W^dag`` and ``U rho0 U^dag`` (3 products; opt-in routes
+    ``naive-*-propagator``, to measure the difference).
+    """
     import jax
     import jax.numpy as jnp
 
@@ -247,10 +295,17 @@ def _route_naive(n, x, times, full):
     @jax.jit
     def run(h, rho0, times):
         energies, w = jnp.linalg.eigh(h)
+        w = w.astype(rho0.dtype)
+        rho0_e = w.conj().T @ rho0 @ w
 
         def at(t):
-            u = (w * jnp.exp(-1j * energies * t)) @ w.conj().T
-            rho = (u @ rho0 @ u.conj().T).reshape(2, n, 2, n)
+            phase = jnp.exp(-1j * energies * t)
+            if propagator:
+                u = (w * phase) @ w.conj().T
+                rho = u @ rho0 @ u.conj().T
+            else:
+                rho = w @ (phase[:, None] * rho0_e * phase.conj()[None, :]) @ w.conj().T
+            rho = rho.reshape(2, n, 2, n)
             rho_s = jnp.einsum("iaja->ij", rho)
             rho_r = jnp.einsum("iaib->ab", rho)
             s = _jnp_entropy(jnp.linalg.eigvalsh(rho_s))
@@ -278,6 +333,15 @@ def route_naive_full(n, x, times):
     return _route_naive(n, x, times, True)
 
 
+def route_naive_cheap_propagator(n, x, times):
+    return _route_naive(n, x, times, False, propagator=True)
+
+
+def route_naive_full_propagator(n, x, times):
+    return _route_naive(n, x, times, True, propagator=True)
+
+
+# Route names are ``<peer>-<set>[-<variant>]``; see route_parts.
 ROUTES = {
     "ours-diag": route_ours_diag,
     "ours-cheap": route_ours_cheap,
@@ -286,9 +350,30 @@ ROUTES = {
     "ours-grad-full": route_ours_grad_full,
     "qutip-cheap": route_qutip_cheap,
     "qutip-full": route_qutip_full,
+    "qutip-full-conserved": route_qutip_full_conserved,
+    "qutip-cheap-eigenbasis": route_qutip_cheap_eigenbasis,
+    "qutip-full-conserved-eigenbasis": route_qutip_full_conserved_eigenbasis,
     "dynamiqs-cheap": route_dynamiqs_cheap,
     "dynamiqs-full": route_dynamiqs_full,
     "naive-cheap": route_naive_cheap,
     "naive-full": route_naive_full,
+    "naive-cheap-propagator": route_naive_cheap_propagator,
+    "naive-full-propagator": route_naive_full_propagator,
 }
+# Opt-in variants: run only when named in --routes (they measure a formulation choice).
+OPTIONAL_ROUTES = ("qutip-cheap-eigenbasis", "qutip-full-conserved-eigenbasis",
+                   "naive-cheap-propagator", "naive-full-propagator")
 PEER_OF_ROUTE = {name: name.split("-")[0] for name in ROUTES}
+
+
+def route_parts(route: str) -> tuple[str, str, str]:
+    """``(peer, set, variant)`` of a peer route: ``qutip-full-conserved`` -> ``("qutip", "full",
+    "conserved")``; ``set`` is ``cheap`` or ``full``, ``variant`` may be ``""``."""
+    peer, _, rest = route.partition("-")
+    which, _, variant = rest.partition("-")
+    return peer, which, variant
+
+
+def is_full(route: str) -> bool:
+    """Whether a peer route computes the full set (its check then covers the reservoir series)."""
+    return route_parts(route)[1] == "full"

@@ -83,7 +83,9 @@ def _check(route, n, x, times, values) -> tuple[float | None, bool | None, str]:
         return err, err < 1e-5, "relative deviation from central finite difference (h = 1e-6)"
     if route in ("ours-cheap", "ours-full"):
         return None, None, "reference implementation itself"
-    full = route.endswith("full")
+    from _routes import is_full
+
+    full = is_full(route)
     ref = _reference(n, x, times, full)
     err = max(float(np.max(np.abs(values[k] - ref[k]))) for k in ref)
     worst = max(ref, key=lambda k: float(np.max(np.abs(values[k] - ref[k]))))

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
+from _routes import OPTIONAL_ROUTES, route_parts  # noqa: E402
 
 OURS = ("ours-diag", "ours-cheap", "ours-full", "ours-grad-cheap", "ours-grad-full")
 PEERS = ("qutip", "dynamiqs", "naive")
@@ -33,7 +34,10 @@ FIT_MIN_N = 64
 
 def sizes(args) -> dict[str, list[int]]:
     if args.tiny:
-        return {r: [8] for r in OURS} | {f"{p}-{s}": [8] for p in PEERS for s in ("cheap", "full")}
+        out = {r: [8] for r in OURS} | {f"{p}-{s}": [8] for p in PEERS for s in ("cheap", "full")}
+        out["qutip-full-conserved"] = [8]
+        out |= {route: [8] for route in OPTIONAL_ROUTES if args.routes and route in args.routes}
+        return out
     quick = [16, 32, 64, 128, 200, 256]
     out = {"ours-diag": quick + [512], "ours-cheap": quick + [512], "ours-full": list(quick),
            "ours-grad-cheap": list(quick), "ours-grad-full": [16, 32, 64, 128, 200]}
@@ -48,17 +52,28 @@ def sizes(args) -> dict[str, list[int]]:
     for p in PEERS:
         for s in ("cheap", "full"):
             out[f"{p}-{s}"] = list(peers)
+    # QuTiP's full set a second time with I = S + S_r - S_tot (S_tot conserved), the form the
+    # dynamiqs and naive routes use; qutip-full keeps the prescribed entropy_mutual.
+    out["qutip-full-conserved"] = list(peers)
+    # Opt-in variants (only when named in --routes): N = 200 unless --ns says otherwise.
+    for route in OPTIONAL_ROUTES:
+        if args.routes and route in args.routes:
+            out[route] = [TARGET_N]
     return out
 
 
 def ratio_rows(rows: list[dict]) -> list[dict]:
-    """``peer run_s / ours run_s`` per N and set, only where the peer passed its check."""
+    """``peer run_s / ours run_s`` per N and set, only where the peer passed its check.
+
+    ``peer`` is the route's peer with its variant, if any (``qutip-conserved`` for
+    ``qutip-full-conserved``)."""
     ok = {(r["route"], r["n"]): r for r in rows if "error" not in r}
     out = []
     for (route, n), r in sorted(ok.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        peer, _, which = route.partition("-")
+        peer, which, variant = route_parts(route)
         if peer not in PEERS or (f"ours-{which}", n) not in ok:
             continue
+        peer = f"{peer}-{variant}" if variant else peer
         ours = ok[(f"ours-{which}", n)]
         out.append({
             "n": n, "t": r["t"], "set": which, "peer": peer,

@@ -62,6 +62,17 @@ def test_dynamiqs_peer_tiny(tmp_path):
     assert peer["check_ok"] and peer["check_error"] < 1e-8
 
 
+def test_qutip_conserved_route_tiny(tmp_path):
+    """The second QuTiP full-set route (I = S + S_r - S_tot) is checked and gets its own ratio row."""
+    if not _installed("qutip"):
+        pytest.skip("qutip is not installed (pip install -e '.[bench]')")
+    payload = _script("scaling_n").main(["--tiny", "--in-process", "--out", str(tmp_path),
+                                         "--routes", "ours-full", "qutip-full-conserved"])
+    peer = next(r for r in payload["rows"] if r["route"] == "qutip-full-conserved")
+    assert peer["check_ok"] and "mutual_information" in peer["check_what"]
+    assert [(r["set"], r["peer"]) for r in payload["ratios"]] == [("full", "qutip-conserved")]
+
+
 def test_scaling_batch_and_report_tiny(out):
     result = _script("scaling_batch").main(["--tiny", "--in-process", "--out", str(out)])
     assert all("error" not in r for r in result["realizations"] + result["times"] + result["batch_size"])
@@ -85,6 +96,10 @@ def test_gpu_bench_dry_run(tmp_path):
     assert record["finite"] and record["eigh_custom_calls"]
     assert record["flops_per_realization"]["diagonalization"] == 9.0 * 16**3
     assert (tmp_path / "gpu_dry_run.json").exists()
+    assert record["dtype"]["entropy_production"] == "float64"
+    assert set(record["fraction_of_peak_tensor_vector"]) == set(record["achieved_tflops"])
+    assert gpu.peak_for("NVIDIA H100 NVL") == (60.0, 30.0)  # not the SXM entry
+    assert gpu.peak_for("NVIDIA H100 80GB HBM3") == (67.0, 34.0)
     import jax
 
     if jax.devices()[0].platform != "gpu":
