@@ -18,17 +18,21 @@ import jax.numpy as jnp
 from jax import Array
 
 from . import _linalg
+from ._open_system import InputError
 
 
 def _xlogx(x: Array) -> Array:
-    """Elementwise ``x ln x`` with ``0`` for ``x <= 0``; mask before the log so the gradient is finite."""
-    positive = x > 0
+    """Elementwise ``x ln x`` with ``0`` for ``x <= 0``; mask before the log so the gradient is finite.
+
+    NaN stays NaN (``x > 0`` would have counted it as an empty level and returned 0).
+    """
+    positive = ~(x <= 0)
     safe = jnp.where(positive, x, 1.0)
     return jnp.where(positive, x * jnp.log(safe), 0.0)
 
 
 def _xlogx_derivative(x: Array) -> Array:
-    positive = x > 0
+    positive = ~(x <= 0)
     safe = jnp.where(positive, x, 1.0)
     return jnp.where(positive, jnp.log(safe) + 1.0, 0.0)
 
@@ -49,7 +53,14 @@ def _diagonal_in_basis(vectors: Array, matrix: Array) -> Array:
     return jnp.real(jnp.einsum("...ji,...jk,...ki->...i", vectors.conj(), matrix, vectors))
 
 
-@jax.custom_jvp
+def _square_matrices(name: str, value) -> Array:
+    """``value`` as an array of shape ``(..., n, n)``, or an InputError naming the argument."""
+    value = jnp.asarray(value)
+    if value.ndim < 2 or value.shape[-1] != value.shape[-2]:
+        raise InputError(f"{name} has shape {value.shape}; expected (..., n, n) square matrices.")
+    return value
+
+
 def von_neumann_entropy(rho: Array) -> Array:
     """Von Neumann entropy ``S(rho) = -Tr rho ln rho``.
 
@@ -69,10 +80,15 @@ def von_neumann_entropy(rho: Array) -> Array:
         >>> float(qep_jax.von_neumann_entropy(jnp.eye(2) / 2))  # ln 2
         0.6931...
     """
+    return _von_neumann_entropy(_square_matrices("rho", rho))
+
+
+@jax.custom_jvp
+def _von_neumann_entropy(rho: Array) -> Array:
     return entropy_from_eigenvalues(_linalg.eigvalsh(rho))
 
 
-@von_neumann_entropy.defjvp
+@_von_neumann_entropy.defjvp
 def _von_neumann_entropy_jvp(primals, tangents):
     (rho,), (drho,) = primals, tangents
     eigenvalues, vectors = _linalg.eigh(rho)
@@ -100,16 +116,22 @@ def _log_divided_difference(mu: Array) -> Array:
     return jnp.where(valid, ratio / y_safe, 0.0)
 
 
-def _log_floor(dtype) -> float:
-    return float(jnp.finfo(dtype).tiny)
+def _log_argument(mu: Array) -> Array:
+    """Eigenvalues for ``ln``: raised to the smallest normal number, NaN where clearly negative.
+
+    Below ``-10 n eps max(1, |mu|)`` the input is not positive semidefinite beyond rounding; the
+    floor made ``logm_hermitian(-I)`` a finite ``-708 I``.
+    """
+    floored = jnp.maximum(mu, float(jnp.finfo(mu.dtype).tiny))
+    return jnp.where(mu < -_support_tolerance(mu), jnp.nan, floored)
 
 
-@jax.custom_jvp
 def logm_hermitian(a: Array) -> Array:
     """Principal logarithm of a Hermitian positive-definite matrix, ``W diag(ln mu) W^dag``.
 
     Eigenvalues below the smallest normal number of the dtype are raised to it (so a singular
-    input gives a large negative but finite logarithm instead of ``-inf``/NaN). The derivative is
+    input gives a large negative but finite logarithm instead of ``-inf``/NaN); a matrix with an
+    eigenvalue below ``-10 n eps max(1, |mu|)`` (negative beyond rounding) gives NaN. The derivative is
     the Daleckii-Krein formula with divided differences of ``ln``, stable for close eigenvalues.
 
     Args:
@@ -123,16 +145,21 @@ def logm_hermitian(a: Array) -> Array:
         >>> qep_jax.logm_hermitian(jnp.diag(jnp.array([1.0, jnp.e])))
         Array([[0., 0.], [0., 1.]], ...)
     """
+    return _logm_hermitian(_square_matrices("a", a))
+
+
+@jax.custom_jvp
+def _logm_hermitian(a: Array) -> Array:
     mu, w = _linalg.eigh(a)
-    mu = jnp.maximum(mu, _log_floor(mu.dtype))
+    mu = _log_argument(mu)
     return jnp.einsum("...ij,...j,...kj->...ik", w, jnp.log(mu), w.conj())
 
 
-@logm_hermitian.defjvp
+@_logm_hermitian.defjvp
 def _logm_hermitian_jvp(primals, tangents):
     (a,), (da,) = primals, tangents
     mu, w = _linalg.eigh(a)
-    mu = jnp.maximum(mu, _log_floor(mu.dtype))
+    mu = _log_argument(mu)
     value = jnp.einsum("...ij,...j,...kj->...ik", w, jnp.log(mu), w.conj())
     da_eig = jnp.einsum("...ji,...jk,...kl->...il", w.conj(), da, w)
     dlog = _log_divided_difference(mu) * da_eig
@@ -155,7 +182,9 @@ def _cross_term(a: Array, b: Array) -> Array:
     log_mu = jnp.log(jnp.where(inside, mu, 1.0))
     outside_weight = jnp.any(~inside & (weight > tol), axis=-1)
     finite = jnp.sum(jnp.where(inside, weight * log_mu, 0.0), axis=-1)
-    return jnp.where(outside_weight, -jnp.inf, finite)
+    # A NaN eigenvalue is neither inside nor outside the support: it made Tr[a ln b] = 0.
+    nan = jnp.any(jnp.isnan(mu) | jnp.isnan(weight), axis=-1)
+    return jnp.where(nan, jnp.nan, jnp.where(outside_weight, -jnp.inf, finite))
 
 
 @_cross_term.defjvp
@@ -199,4 +228,8 @@ def relative_entropy(rho: Array, sigma: Array) -> Array:
         >>> float(qep_jax.relative_entropy(rho, sigma))  # ln 2
         0.6931...
     """
-    return -von_neumann_entropy(rho) - _cross_term(rho, sigma)
+    rho, sigma = _square_matrices("rho", rho), _square_matrices("sigma", sigma)
+    if rho.shape[-1] != sigma.shape[-1]:
+        raise InputError(f"rho is {rho.shape[-1]} x {rho.shape[-1]} but sigma is {sigma.shape[-1]} x "
+                         f"{sigma.shape[-1]}; both must act on the same space.")
+    return -_von_neumann_entropy(rho) - _cross_term(rho, sigma)

@@ -209,17 +209,38 @@ def _host_map(fun, a: np.ndarray):
     return tuple(np.concatenate(p) for p in zip(*parts))
 
 
+def _finite_batch(a: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(B, n, n)`` with non-finite matrices zeroed, and the mask of those matrices (None if none).
+
+    NumPy raises LinAlgError on a NaN matrix, which ended a jitted run with an INTERNAL error
+    naming no argument; XLA's own eigh returns NaN, and so do these callbacks now.
+    """
+    bad = ~np.isfinite(a).all(axis=(-2, -1))
+    if not bad.any():
+        return a, None
+    a = a.copy()
+    a[bad] = 0.0
+    return a, bad
+
+
 def _host_eigvalsh(a) -> np.ndarray:
     """NumPy's ``eigvalsh`` (LAPACK ``?heevd``/``?syevd`` with ``jobz='N'``), batches split over cores."""
     a = np.asarray(a)
-    out = _host_map(np.linalg.eigvalsh, a.reshape((-1,) + a.shape[-2:]))
+    flat, bad = _finite_batch(a.reshape((-1,) + a.shape[-2:]))
+    out = _host_map(np.linalg.eigvalsh, flat)
+    if bad is not None:
+        out[bad] = np.nan
     return out.astype(np.finfo(a.dtype).dtype, copy=False).reshape(a.shape[:-1])
 
 
 def _host_eigh(a) -> tuple[np.ndarray, np.ndarray]:
     """NumPy's ``eigh`` (LAPACK ``?heevd``/``?syevd``), batches split over cores."""
     a = np.asarray(a)
-    w, v = _host_map(np.linalg.eigh, a.reshape((-1,) + a.shape[-2:]))
+    flat, bad = _finite_batch(a.reshape((-1,) + a.shape[-2:]))
+    w, v = _host_map(np.linalg.eigh, flat)
+    if bad is not None:
+        w[bad] = np.nan
+        v[bad] = np.nan
     return (w.astype(np.finfo(a.dtype).dtype, copy=False).reshape(a.shape[:-1]),
             v.astype(a.dtype, copy=False).reshape(a.shape))
 

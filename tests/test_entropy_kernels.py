@@ -188,3 +188,58 @@ class TestAgainstQuTiP:
         rho = q.Qobj(u @ rho0 @ u.conj().T, dims=[[2, 4], [2, 4]])
         assert abs(float(traj.mutual_information[0]) - q.entropy_mutual(rho, 0, 1)) < 1e-10
         assert abs(float(traj.reservoir_entropy[0, 0]) - q.entropy_vn(rho.ptrace(1))) < 1e-10
+
+
+def test_nan_input_gives_nan_not_a_finite_entropy():
+    # x > 0 counted a NaN eigenvalue as an empty level: S = 0, D[I/2 || NaN] = -ln 2 (negative).
+    nan_matrix = jnp.array([[0.5, jnp.nan], [jnp.nan, 0.5]])
+    assert np.isnan(qep_jax.von_neumann_entropy(nan_matrix))
+    assert np.isnan(qep_jax.von_neumann_entropy(jnp.diag(jnp.array([jnp.nan, 1.0]))))
+    assert np.isnan(qep_jax.relative_entropy(jnp.eye(2) / 2, nan_matrix))
+    assert np.isnan(qep_jax.relative_entropy(nan_matrix, jnp.eye(2) / 2))
+    # Batched: only the NaN member is NaN.
+    batch = jnp.stack([jnp.eye(2) / 2, nan_matrix])
+    values = qep_jax.von_neumann_entropy(batch)
+    assert np.isclose(values[0], np.log(2)) and np.isnan(values[1])
+
+
+def test_logm_of_a_matrix_negative_beyond_rounding_is_nan():
+    # The floor at the smallest normal number turned logm(-I) into a finite -708 I.
+    assert np.all(np.isnan(qep_jax.logm_hermitian(-jnp.eye(2))))
+    assert np.all(np.isnan(qep_jax.logm_hermitian(jnp.diag(jnp.array([1.0, -1e-3])))))
+    # Singular and rounding-negative inputs keep the documented finite floor.
+    for tiny in (0.0, -1e-17):
+        out = qep_jax.logm_hermitian(jnp.diag(jnp.array([1.0, tiny])))
+        assert np.all(np.isfinite(out)) and out[1, 1] < -700
+
+
+def test_entropy_and_trace_arguments_are_checked():
+    with pytest.raises(qep_jax.InputError, match="rho has shape"):
+        qep_jax.von_neumann_entropy(jnp.ones(3))
+    with pytest.raises(qep_jax.InputError, match="sigma has shape"):
+        qep_jax.relative_entropy(jnp.eye(2) / 2, jnp.ones((2, 3)))
+    with pytest.raises(qep_jax.InputError, match="same space"):
+        qep_jax.relative_entropy(jnp.eye(2) / 2, jnp.eye(3) / 3)
+    with pytest.raises(qep_jax.InputError, match="a has shape"):
+        qep_jax.logm_hermitian(jnp.ones((2, 3)))
+    # Nested lists and NumPy integers are accepted.
+    assert np.isclose(qep_jax.von_neumann_entropy([[0.5, 0.0], [0.0, 0.5]]), np.log(2))
+    rho = np.kron(np.diag([1.0, 0.0]), np.eye(2) / 2)
+    np.testing.assert_allclose(qep_jax.partial_trace(rho.tolist(), (2, 2), np.int64(0)), np.diag([1.0, 0.0]))
+    # int(2.5) == 2 traced a 4 x 4 state as (2, 2); keep=True meant subsystem 1.
+    with pytest.raises(qep_jax.InputError, match="dims"):
+        qep_jax.partial_trace(rho, (2.5, 2), 0)
+    with pytest.raises(qep_jax.InputError, match="keep"):
+        qep_jax.partial_trace(rho, (2, 2), True)
+
+
+def test_goe_arguments_are_checked():
+    key = jax.random.key(0)
+    # A complex dtype drew complex entries: (A + A^T)/sqrt(2) was not Hermitian.
+    with pytest.raises(qep_jax.InputError, match="dtype"):
+        qep_jax.goe(key, 3, dtype=jnp.complex128)
+    with pytest.raises(qep_jax.InputError, match="shape"):
+        qep_jax.goe(key, 3, shape=5)
+    with pytest.raises(qep_jax.InputError, match="shape"):
+        qep_jax.goe(key, 3, shape=(-1,))
+    assert qep_jax.goe(key, 3, shape=(np.int64(2),)).shape == (2, 3, 3)

@@ -185,3 +185,18 @@ def test_product_factor_to_eigenbasis_matches_dense_kronecker():
         assert got.shape == (total, rank * m)
         assert np.iscomplexobj(got) == (not real)
         np.testing.assert_allclose(got, w.conj().T @ np.kron(factor, sqrt_res), atol=1e-12)
+
+
+def test_batched_host_eigh_of_a_nan_matrix_gives_nan_not_an_error():
+    # NumPy raised LinAlgError inside the callback: a jitted SpinTwoGORM.simulate with delta = NaN
+    # ended with an INTERNAL error naming nothing. XLA's own eigh returns NaN; so do the callbacks.
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(3, 40, 40))
+    a = a + np.swapaxes(a, -1, -2)
+    a[1, 0, 0] = np.nan
+    w, v = jax.jit(jax.vmap(_linalg.eigh))(jnp.asarray(a))
+    values = jax.jit(jax.vmap(_linalg.eigvalsh))(jnp.asarray(a))
+    assert np.all(np.isnan(w[1])) and np.all(np.isnan(v[1])) and np.all(np.isnan(values[1]))
+    for i in (0, 2):
+        np.testing.assert_allclose(w[i], np.linalg.eigvalsh(a[i]), atol=1e-12)
+        np.testing.assert_allclose(values[i], np.linalg.eigvalsh(a[i]), atol=1e-12)
