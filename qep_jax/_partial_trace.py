@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import jax.numpy as jnp
 from jax import Array
 
+from ._open_system import InputError
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
 
 def _normalise_keep(dims: tuple[int, ...], keep: int | Sequence[int]) -> tuple[int, ...]:
-    keep = (keep,) if isinstance(keep, int) else tuple(keep)
+    keep = (keep,) if _is_int(keep) or isinstance(keep, bool) else tuple(keep)
     for k in keep:
-        if not isinstance(k, int) or not 0 <= k < len(dims):
-            raise ValueError(f"partial_trace: keep={keep!r} must hold subsystem indices in [0, {len(dims)}).")
+        # bool is an int to Python: keep=True silently meant subsystem 1.
+        if not _is_int(k) or not 0 <= k < len(dims):
+            raise InputError(f"partial_trace: keep={keep!r} must hold subsystem indices (ints) in "
+                             f"[0, {len(dims)}).")
+    keep = tuple(int(k) for k in keep)
     if len(set(keep)) != len(keep):
-        raise ValueError(f"partial_trace: keep={keep!r} names a subsystem twice.")
+        raise InputError(f"partial_trace: keep={keep!r} names a subsystem twice.")
     return tuple(sorted(keep))
 
 
@@ -39,12 +49,14 @@ def partial_trace(rho: Array, dims: Sequence[int], keep: int | Sequence[int]) ->
         >>> qep_jax.partial_trace(rho, (2, 3), keep=0)
         Array([[1., 0.], [0., 0.]], ...)
     """
+    # int(2.5) == 2 made dims=(2.5, 2) trace a 4 x 4 state as if it were (2, 2).
+    if not all(_is_int(d) and d >= 1 for d in dims):
+        raise InputError(f"partial_trace: dims={tuple(dims)!r} must be positive integers.")
     dims = tuple(int(d) for d in dims)
-    if any(d < 1 for d in dims):
-        raise ValueError(f"partial_trace: dims={dims} must be positive integers.")
+    rho = jnp.asarray(rho)
     total = math.prod(dims)
     if rho.ndim < 2 or rho.shape[-1] != total or rho.shape[-2] != total:
-        raise ValueError(
+        raise InputError(
             f"partial_trace: rho has shape {rho.shape}, expected (..., {total}, {total}) for dims={dims}."
         )
     keep = _normalise_keep(dims, keep)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
-from ._open_system import check_count
+from ._open_system import InputError, check_count
 
 
 def goe(key: Array, n: int, shape: tuple[int, ...] = (), dtype=None) -> Array:
@@ -30,7 +31,16 @@ def goe(key: Array, n: int, shape: tuple[int, ...] = (), dtype=None) -> Array:
         (10, 4, 4)
     """
     n = check_count("n", n)
+    if isinstance(shape, (int, np.integer)):
+        raise InputError(f"shape={shape!r} must be a tuple of batch sizes, e.g. ({shape},).")
     shape = tuple(shape)
-    a = jax.random.normal(key, shape + (n, n), dtype=dtype or jnp.result_type(float))
+    if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise InputError(f"shape={shape!r} must be a tuple of non-negative ints (the batch shape).")
+    shape = tuple(int(s) for s in shape)
+    dtype = jnp.dtype(dtype or jnp.result_type(float))
+    if not jnp.issubdtype(dtype, jnp.floating):
+        # A complex dtype drew complex entries, and (A + A^T)/sqrt(2) was not Hermitian.
+        raise InputError(f"dtype={dtype} must be a real floating dtype (the GOE is real symmetric).")
+    a = jax.random.normal(key, shape + (n, n), dtype=dtype)
     # (A + A^T)/sqrt(2): off-diagonal variance (1 + 1)/2 = 1, diagonal variance 4/2 = 2.
     return (a + jnp.swapaxes(a, -1, -2)) / jnp.sqrt(jnp.asarray(2.0, a.dtype))

@@ -4,7 +4,10 @@ Each chunk of realizations is summarised by ``(count, mean, m2)`` with ``m2`` th
 deviations from the chunk mean (computed with two passes, so no cancellation inside a chunk).
 Chunks are combined with the pairwise update of Chan, Golub & LeVeque (1979),
 ``m2 = m2_a + m2_b + delta^2 n_a n_b / n``, which stays accurate when the mean is large
-compared with the spread, unlike accumulating ``sum x`` and ``sum x^2``.
+compared with the spread, unlike accumulating ``sum x`` and ``sum x^2``. The rounding of each
+chunk mean still enters ``delta^2``: the merged variance has a relative error ~``eps |mean| / std``
+(7.7e-8 at mean / std = 1e9 over random splits, against 3e-14 for NumPy's two passes over all
+samples), irrelevant at the O(1) scales of entropies and energies here.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ class Moments:
     count: int
     mean: np.ndarray
     m2: np.ndarray
+
+    def __post_init__(self):
+        # merge divides by the total count: two empty Moments raised ZeroDivisionError.
+        if isinstance(self.count, bool) or not isinstance(self.count, (int, np.integer)) or self.count < 1:
+            raise ValueError(f"Moments.count={self.count!r} must be an int >= 1 (realizations summarised).")
 
     @classmethod
     def from_samples(cls, samples) -> "Moments":

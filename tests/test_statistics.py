@@ -45,3 +45,6 @@ def test_rejects_bad_input():
         Moments.from_samples(np.zeros((2, 3))).merge(Moments.from_samples(np.zeros((2, 4))))
     with pytest.raises(ValueError):
         merge_all([])
+    # Two empty summaries raised ZeroDivisionError in merge; an empty one is now refused outright.
+    with pytest.raises(ValueError, match="count"):
+        Moments(0, np.zeros(3), np.zeros(3))

@@ -86,6 +86,15 @@ def test_bad_model_input(key):
         two.open_system(np.triu(np.ones((4, 4))), np.eye(4))
     with pytest.raises(qep_jax.InputError, match="x_cold contains NaN"):
         two.open_system(np.eye(4), np.full((4, 4), np.nan))
+    # A string or None gave NumPy's "ufunc 'isfinite' not supported", naming no argument.
+    for bad in ("0.1", None):
+        with pytest.raises(qep_jax.InputError, match="delta=.* must be a real scalar"):
+            qep_jax.SpinTwoGORM(4, bad, 0.1, 1.0, 10.0)
+        with pytest.raises(qep_jax.InputError, match="delta=.* must be a real scalar"):
+            qep_jax.SpinGORM(4, bad, 0.1, 10.0)
+    # Nested lists are matrices too (jnp.result_type refused them).
+    two.open_system(np.eye(4).tolist(), np.eye(4).tolist())
+    model.open_system(np.eye(4).tolist())
 
 
 def test_counts_accept_numpy_integers_and_refuse_bools(key):

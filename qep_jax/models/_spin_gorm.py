@@ -69,7 +69,8 @@ class SpinGORM:
         for name, value in params.items():
             if _is_concrete(value):
                 arr = np.asarray(value)
-                if arr.shape != () or not np.isrealobj(arr):
+                # kind: a string or None gave NumPy's "ufunc 'isfinite' not supported" naming nothing.
+                if arr.shape != () or arr.dtype.kind not in "iuf":
                     raise InputError(f"{name}={value!r} must be a real scalar.")
                 check_finite(name, arr)
         object.__setattr__(self, "n_levels", int(n_levels))
@@ -107,6 +108,7 @@ class SpinGORM:
     def open_system(self, x: Array) -> OpenSystem:
         """The problem description for one GOE matrix ``x`` ``(N, N)``."""
         n = self.n_levels
+        x = jnp.asarray(x)  # nested lists too
         if _is_concrete(x):
             arr = np.asarray(x)
             if arr.shape != (n, n):

@@ -51,7 +51,8 @@ class SpinTwoGORM:
         for name, value in values.items():
             if _is_concrete(value):
                 arr = np.asarray(value)
-                if arr.shape != () or not np.isrealobj(arr):
+                # kind: a string or None gave NumPy's "ufunc 'isfinite' not supported" naming nothing.
+                if arr.shape != () or arr.dtype.kind not in "iuf":
                     raise InputError(f"{name}={value!r} must be a real scalar.")
                 check_finite(name, arr)
         real = jnp.result_type(float)
@@ -89,6 +90,7 @@ class SpinTwoGORM:
     def open_system(self, x_hot: Array, x_cold: Array) -> OpenSystem:
         """The problem description for one pair of GOE matrices, each ``(N, N)``."""
         n = self.n_levels
+        x_hot, x_cold = jnp.asarray(x_hot), jnp.asarray(x_cold)  # nested lists too
         for name, x in (("x_hot", x_hot), ("x_cold", x_cold)):
             if _is_concrete(x):
                 arr = np.asarray(x)
