@@ -63,6 +63,7 @@ def main():
             "min_entropy_production_eq25": float(d_is_open.min()),
             "fraction_of_times_eq25_negative": float(np.mean(d_is_open < -1e-12)),
             "max_abs_eq10_minus_redfield": float(np.max(np.abs(d_is - np.asarray(red.entropy_production_open)))),
+            "max_abs_eq25_minus_redfield": float(np.max(np.abs(d_is_open - np.asarray(red.entropy_production_open)))),
             "final_eq10": float(d_is[-1]), "final_eq25": float(d_is_open[-1]),
             "final_redfield": float(red.entropy_production_open[-1]),
         }
