@@ -1,7 +1,10 @@
 """Parameter inference through the exact dynamics: recover (lambda, Delta) of the spin-GORM model.
 
     python parameter_inference.py                  # N = 24, 16 realizations, 41 times, 300 Adam steps
-    python parameter_inference.py --steps 40 --n-levels 12 --realizations 4   # quick check
+    python parameter_inference.py --steps 150 --n-levels 12 --realizations 4 --out-dir /tmp/pi   # quick check, ~15 s
+
+The quick check converges (measured: lambda 0.2509, Delta 0.1502, z = 0.53 / 0.14, chi^2/dof 1.23);
+with 40 steps it does not (lambda 0.287, Delta 0.196, z = 15 / 23), so fewer steps are a smoke test only.
 
 Data: the ensemble-averaged <sigma_z>(t) of ``--realizations`` GOE draws (keys ``fold_in(key, i)``)
 at hidden ``(lambda, Delta)`` plus Gaussian noise of standard deviation ``--noise``. The model is the
