@@ -7,7 +7,10 @@
 Routes: ``ours-diag`` (``qep_jax.diagonalize`` alone), ``ours-cheap`` / ``ours-full``
 (``qep_jax.evolve`` with ``reservoir_entropies`` False / True), ``ours-grad-cheap`` /
 ``ours-grad-full`` (``jax.jit(jax.grad(...))`` of ``D_iS(t_final)`` / ``I(s:r)(t_final)`` wrt
-lambda), and the peers ``qutip-*``, ``dynamiqs-*``, ``naive-*`` (see ``_routes.py``). A peer's
+lambda), and the peers ``qutip-*``, ``dynamiqs-*``, ``naive-*`` (see ``_routes.py``), including
+``qutip-full-conserved`` (QuTiP's full set with ``I = S + S_r - S_tot``). The opt-in variants
+``qutip-cheap-eigenbasis``, ``qutip-full-conserved-eigenbasis``, ``naive-cheap-propagator`` and
+``naive-full-propagator`` run only when named in ``--routes`` (at N = 200 unless ``--ns``). A peer's
 time enters the ratio table only if its numbers agree with qep_jax to ``CHECK_TOL``.
 
 Writes ``scaling_n.json`` / ``scaling_n.csv`` (one row per route and N) and
