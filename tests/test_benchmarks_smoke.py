@@ -53,22 +53,23 @@ def test_scaling_n_tiny(out):
     assert (out / "ratios.csv").read_text().startswith("n,")
 
 
-def test_dynamiqs_peer_tiny(tmp_path):
-    if not _installed("dynamiqs"):
-        pytest.skip("dynamiqs is not installed (pip install -e '.[bench]')")
+def _tiny_peer(tmp_path, package, ours, route):
+    """``(payload, row of route)`` of a tiny in-process sweep of ``ours`` and one peer route."""
+    if not _installed(package):
+        pytest.skip(f"{package} is not installed (pip install -e '.[bench]')")
     payload = _script("scaling_n").main(["--tiny", "--in-process", "--out", str(tmp_path),
-                                         "--routes", "ours-cheap", "dynamiqs-cheap"])
-    peer = next(r for r in payload["rows"] if r["route"] == "dynamiqs-cheap")
+                                         "--routes", ours, route])
+    return payload, next(r for r in payload["rows"] if r["route"] == route)
+
+
+def test_dynamiqs_peer_tiny(tmp_path):
+    _, peer = _tiny_peer(tmp_path, "dynamiqs", "ours-cheap", "dynamiqs-cheap")
     assert peer["check_ok"] and peer["check_error"] < 1e-8
 
 
 def test_qutip_conserved_route_tiny(tmp_path):
     """The second QuTiP full-set route (I = S + S_r - S_tot) is checked and gets its own ratio row."""
-    if not _installed("qutip"):
-        pytest.skip("qutip is not installed (pip install -e '.[bench]')")
-    payload = _script("scaling_n").main(["--tiny", "--in-process", "--out", str(tmp_path),
-                                         "--routes", "ours-full", "qutip-full-conserved"])
-    peer = next(r for r in payload["rows"] if r["route"] == "qutip-full-conserved")
+    payload, peer = _tiny_peer(tmp_path, "qutip", "ours-full", "qutip-full-conserved")
     assert peer["check_ok"] and "mutual_information" in peer["check_what"]
     assert [(r["set"], r["peer"]) for r in payload["ratios"]] == [("full", "qutip-conserved")]
 
