@@ -42,7 +42,7 @@ from . import _linalg
 
 from ._entropy import von_neumann_entropy
 from ._evolve import _equilibrium, warn_if_float32
-from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all, check_count, check_finite, check_hermitian
+from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all, check_count, check_finite, check_hermitian, is_int
 from ._propagator_rules import _zero_if_symbolic, apply_on_factor, system_factor
 from .protocols import FourierRamp, PiecewiseConstant
 
@@ -503,7 +503,7 @@ def drive(
                 f"smooth protocol {type(protocol).__name__} has no {' or '.join(missing)}; a smooth protocol "
                 f"needs values(t), rates(t), duration and n_controls."
             )
-        if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 3:
+        if not is_int(n_steps) or n_steps < 3:
             raise InputError(f"n_steps={n_steps!r}: a smooth protocol needs an int n_steps >= 3.")
         n_steps = int(n_steps)
     else:

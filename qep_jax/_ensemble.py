@@ -32,7 +32,7 @@ from ._evolve import (
 )
 from ._interrupt import remember_ctrl_c
 from ._linalg import batch_eigh_workers, hint_blas_threads
-from ._open_system import InputError
+from ._open_system import InputError, is_int
 from ._random import goe
 from ._statistics import Moments, merge_all
 from ._trajectory import Trajectory
@@ -145,7 +145,7 @@ class EnsembleResult:
 
 
 def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise InputError(f"{name}={value!r} must be an int >= {minimum}.")
     return int(value)
 

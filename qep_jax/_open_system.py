@@ -26,9 +26,14 @@ def _tolerance(dtype) -> float:
     return 0.01 * math.sqrt(float(np.finfo(dtype).eps))
 
 
+def is_int(value: Any) -> bool:
+    """An integer, Python or NumPy, but not a bool (Python counts ``True`` as the int 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_count(name: str, value: Any, minimum: int = 1) -> int:
     """``value`` as a Python int if it is an integer (Python or NumPy, not bool) ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if not is_int(value) or value < minimum:
         kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise InputError(f"{name}={value!r} must be {kind}.")
     return int(value)

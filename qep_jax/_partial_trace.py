@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import jax.numpy as jnp
 from jax import Array
 
-from ._open_system import InputError
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+from ._open_system import InputError, is_int
 
 
 def _normalise_keep(dims: tuple[int, ...], keep: int | Sequence[int]) -> tuple[int, ...]:
-    keep = (keep,) if _is_int(keep) or isinstance(keep, bool) else tuple(keep)
+    keep = (keep,) if is_int(keep) or isinstance(keep, bool) else tuple(keep)
     for k in keep:
         # bool is an int to Python: keep=True silently meant subsystem 1.
-        if not _is_int(k) or not 0 <= k < len(dims):
+        if not is_int(k) or not 0 <= k < len(dims):
             raise InputError(f"partial_trace: keep={keep!r} must hold subsystem indices (ints) in "
                              f"[0, {len(dims)}).")
     keep = tuple(int(k) for k in keep)
@@ -50,7 +45,7 @@ def partial_trace(rho: Array, dims: Sequence[int], keep: int | Sequence[int]) ->
         Array([[1., 0.], [0., 0.]], ...)
     """
     # int(2.5) == 2 made dims=(2.5, 2) trace a 4 x 4 state as if it were (2, 2).
-    if not all(_is_int(d) and d >= 1 for d in dims):
+    if not all(is_int(d) and d >= 1 for d in dims):
         raise InputError(f"partial_trace: dims={tuple(dims)!r} must be positive integers.")
     dims = tuple(int(d) for d in dims)
     rho = jnp.asarray(rho)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import Array
 
-from ._open_system import InputError, check_count
+from ._open_system import InputError, check_count, is_int
 
 
 def goe(key: Array, n: int, shape: tuple[int, ...] = (), dtype=None) -> Array:
@@ -31,10 +30,10 @@ def goe(key: Array, n: int, shape: tuple[int, ...] = (), dtype=None) -> Array:
         (10, 4, 4)
     """
     n = check_count("n", n)
-    if isinstance(shape, (int, np.integer)):
+    if is_int(shape):
         raise InputError(f"shape={shape!r} must be a tuple of batch sizes, e.g. ({shape},).")
     shape = tuple(shape)
-    if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in shape):
+    if not all(is_int(s) and s >= 0 for s in shape):
         raise InputError(f"shape={shape!r} must be a tuple of non-negative ints (the batch shape).")
     shape = tuple(int(s) for s in shape)
     dtype = jnp.dtype(dtype or jnp.result_type(float))

@@ -16,6 +16,8 @@ import dataclasses
 
 import numpy as np
 
+from ._open_system import is_int
+
 
 @dataclasses.dataclass(frozen=True)
 class Moments:
@@ -33,7 +35,7 @@ class Moments:
 
     def __post_init__(self):
         # merge divides by the total count: two empty Moments raised ZeroDivisionError.
-        if isinstance(self.count, bool) or not isinstance(self.count, (int, np.integer)) or self.count < 1:
+        if not is_int(self.count) or self.count < 1:
             raise ValueError(f"Moments.count={self.count!r} must be an int >= 1 (realizations summarised).")
 
     @classmethod

@@ -18,7 +18,7 @@ from .._evolve import (
     warn_if_float32,
 )
 from .._linalg import hint_blas_threads
-from .._open_system import InputError, OpenSystem, _is_concrete, check_count, check_finite, check_hermitian
+from .._open_system import InputError, OpenSystem, _is_concrete, check_count, check_finite, check_hermitian, is_int
 from .._propagator_rules import n_series_observables
 from .._random import goe
 from .._trajectory import Trajectory
@@ -63,7 +63,7 @@ class SpinGORM:
     __slots__ = ("n_levels", "delta", "coupling_strength", "beta")
 
     def __init__(self, n_levels: int, delta, coupling_strength, beta):
-        if isinstance(n_levels, bool) or not isinstance(n_levels, (int, np.integer)) or n_levels < 2:
+        if not is_int(n_levels) or n_levels < 2:
             raise InputError(f"n_levels={n_levels!r} must be an int >= 2 (reservoir levels from -1/2 to 1/2).")
         params = {"delta": delta, "coupling_strength": coupling_strength, "beta": beta}
         for name, value in params.items():

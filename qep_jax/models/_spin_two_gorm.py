@@ -11,7 +11,7 @@ from jax import Array
 
 from .._evolve import _evolve_kernel, check_times, warn_if_float32
 from .._linalg import hint_blas_threads
-from .._open_system import InputError, OpenSystem, _is_concrete, check_count, check_finite, check_hermitian
+from .._open_system import InputError, OpenSystem, _is_concrete, check_count, check_finite, check_hermitian, is_int
 from .._random import goe
 from .._trajectory import Trajectory
 
@@ -45,7 +45,7 @@ class SpinTwoGORM:
     __slots__ = ("n_levels",) + _PARAMS
 
     def __init__(self, n_levels: int, delta, coupling_strength, beta_hot, beta_cold):
-        if isinstance(n_levels, bool) or not isinstance(n_levels, (int, np.integer)) or n_levels < 2:
+        if not is_int(n_levels) or n_levels < 2:
             raise InputError(f"n_levels={n_levels!r} must be an int >= 2 (levels per reservoir).")
         values = dict(zip(_PARAMS, (delta, coupling_strength, beta_hot, beta_cold)))
         for name, value in values.items():
