@@ -133,7 +133,7 @@ def _hermitian_propagator_jvp(primals, tangents):
     # The primal depends on the Hermitian part of h only (eigh symmetrizes), so its derivative is
     # that of dh's Hermitian part: an anti-Hermitian direction changes nothing, and a gradient with
     # respect to a Hermitian input comes out Hermitian.
-    dh_eig = vectors.conj().T @ _linalg.hermitian_part(dh) @ vectors
+    dh_eig = _linalg.adjoint(vectors) @ _linalg.hermitian_part(dh) @ vectors
     d_value = vectors @ (divided * dh_eig) @ vectors.conj().T
     # d/d(dt) = -i h U with the same Hermitian h the primal used.
     d_value = d_value - 1j * ddt * ((vectors * (energies * phases)) @ vectors.conj().T)

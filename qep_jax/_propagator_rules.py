@@ -182,8 +182,10 @@ def _setup(config: SeriesConfig, h, rho0, reservoir_ops, rho_system, sqrt_eqs) -
     rho0_eig = factor_eig @ factor_eig.conj().T
     # rho_s(t)_ij = <(|j><i| (x) 1)>_t: O~_ba = sum_R conj(W_(jR)b) W_(iR)a, weight M_ab = rho0~_ab O~_ba.
     w_blocks = w.reshape(d_s, total // d_s, total)
-    system_t = [w_blocks[i].T @ w_blocks[j].conj() for i, j in system_pairs(d_s)]
-    reservoir_eig = [w.conj().T @ apply_on_factor(op, w, dims, f) for op, f in zip(reservoir_ops, config.factors)]
+    # transposed/adjoint: a row-major left operand runs XLA's CPU dot at twice the speed.
+    system_t = [_linalg.transposed(w_blocks[i]) @ w_blocks[j].conj() for i, j in system_pairs(d_s)]
+    wd = _linalg.adjoint(w)
+    reservoir_eig = [wd @ apply_on_factor(op, w, dims, f) for op, f in zip(reservoir_ops, config.factors)]
     observables_t = jnp.stack(system_t + [o.T for o in reservoir_eig])
     weights = observables_t * rho0_eig
     # <H> is conserved, so <V>_t = <H>_0 - <H_s>_t - sum_r <H_r>_t needs no observable of its own.
@@ -287,7 +289,7 @@ def _thermal_state_jvp(primals, tangents):
     logits = -beta * eps
     p, _, mean = _gibbs_weights(eps, beta)
     sqrt_p = jnp.sqrt(p)
-    dg_eig = v.conj().T @ _linalg.hermitian_part(dg) @ v
+    dg_eig = _linalg.adjoint(v) @ _linalg.hermitian_part(dg) @ v
     # Divided differences of p(x) = exp(-beta x - ln Z) on the spectrum, written around the larger
     # of the two weights so nothing overflows: (p_a - p_b) / (e_a - e_b) = -beta max(p) h(-|x_ab|),
     # h(y) = expm1(y) / y, x_ab = beta (e_b - e_a); the diagonal is p'(e_a) = -beta p_a.
@@ -375,7 +377,7 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
     d_s, n_pairs = dims[0], len(system_pairs(dims[0]))
     e, w = s.energies, s.vectors
     spectrum = Spectrum(e, w)
-    wd = w.conj().T
+    wd = _linalg.adjoint(w)
     ctype = jnp.result_type(w.dtype, jnp.complex64)
     rho, ot = s.rho0_eig, s.observables_t
     # eigh reads only (H + H^dag) / 2, so a tangent's anti-Hermitian part does not change the value.
@@ -401,7 +403,8 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
         a = inverse_gap * dh_eig
         b1 = jnp.where(near, dh_eig, 0.0)
         b2 = b1 * gap
-        m1 = m1 + ot * _commutator(a, rho) + rho * (ot @ a.T - a.T @ ot)
+        at = _linalg.transposed(a)
+        m1 = m1 + ot * _commutator(a, rho) + rho * (ot @ at - at @ ot)
         m2 = -1j * ot * _commutator(b1, rho)
         m3 = -0.5 * ot * _commutator(b2, rho)
     n_obs = ot.shape[0]

@@ -200,3 +200,68 @@ def test_batched_host_eigh_of_a_nan_matrix_gives_nan_not_an_error():
     for i in (0, 2):
         np.testing.assert_allclose(w[i], np.linalg.eigvalsh(a[i]), atol=1e-12)
         np.testing.assert_allclose(values[i], np.linalg.eigvalsh(a[i]), atol=1e-12)
+
+
+def test_two_by_two_eigenvalues_in_closed_form_match_lapack():
+    """Qubit states skip the host call: eigenvalues m -+ r agree with LAPACK, batched, real and
+    complex, at exact and near degeneracy, with NaN in giving NaN out and the dtype kept."""
+    rng = np.random.default_rng(6)
+    batch = np.stack([random_hermitian(rng, 2) for _ in range(20)]
+                     + [random_hermitian(rng, 2, real=True) for _ in range(5)]
+                     + [np.eye(2), np.diag([1.0, 0.0]), np.diag([0.5, 0.5 + 1e-13]),
+                        np.array([[1e-14, 1e-9j], [-1e-9j, 1.0]])])
+    got = jax.jit(_linalg.eigvalsh)(jnp.asarray(batch))
+    # Both are accurate to a few eps ||a|| (||a|| <= 4 here).
+    np.testing.assert_allclose(got, np.linalg.eigvalsh(batch), rtol=0, atol=8 * 2.2e-16 * 4)
+    assert np.all(np.diff(np.asarray(got), axis=-1) >= 0)  # ascending, as LAPACK
+    # Only the Hermitian part counts, as for LAPACK (which reads one triangle of a symmetrized copy).
+    skew = np.array([[1.0, 2.0], [0.0, 3.0]])
+    np.testing.assert_allclose(_linalg.eigvalsh(jnp.asarray(skew)), np.linalg.eigvalsh((skew + skew.T) / 2),
+                               atol=1e-15)
+    nan = _linalg.eigvalsh(jnp.array([[np.nan, 0.0], [0.0, 1.0]]))
+    assert np.all(np.isnan(nan))
+    single = _linalg.eigvalsh(jnp.asarray(batch[0], jnp.complex64))
+    assert single.dtype == jnp.float32
+    # Derivatives: the rule of the other sizes (first order), checked against JAX's own eigvalsh.
+    a, da = jnp.asarray(random_hermitian(rng, 2)), jnp.asarray(random_hermitian(rng, 2))
+    np.testing.assert_allclose(jax.jvp(_linalg.eigvalsh, (a,), (da,))[1],
+                               jax.jvp(jnp.linalg.eigvalsh, (a,), (da,))[1], atol=1e-12)
+
+
+def test_transposed_and_adjoint_are_copies_of_the_transpose():
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(3, 4, 5)) + 1j * rng.normal(size=(3, 4, 5))
+    b = rng.normal(size=(4, 6))
+    np.testing.assert_array_equal(_linalg.transposed(jnp.asarray(a)), np.swapaxes(a, -1, -2))
+    np.testing.assert_array_equal(_linalg.adjoint(jnp.asarray(a)), np.swapaxes(a, -1, -2).conj())
+
+    def f(x, y):
+        return jnp.sum(jnp.sin(_linalg.transposed(x) @ y))
+
+    def g(x, y):
+        return jnp.sum(jnp.sin(x.T @ y))
+
+    x = jnp.asarray(rng.normal(size=(4, 5)))
+    for argnum in (0, 1):
+        np.testing.assert_allclose(jax.grad(f, argnum)(x, jnp.asarray(b)), jax.grad(g, argnum)(x, jnp.asarray(b)),
+                                   atol=1e-12)
+    np.testing.assert_allclose(jax.vmap(f, (0, None))(jnp.stack([x, 2 * x]), jnp.asarray(b)),
+                               [g(x, b), g(2 * x, b)], atol=1e-12)
+
+
+@pytest.mark.parametrize("shape_a", [(2, 2), (1, 3), (3, 2), (5, 5)])  # (5, 5): jnp.kron's branch
+def test_kron_matches_numpy(shape_a):
+    from qep_jax._open_system import kron
+
+    rng = np.random.default_rng(8)
+    a = rng.normal(size=shape_a)
+    b = rng.normal(size=(4, 3)) + 1j * rng.normal(size=(4, 3))
+    got = jax.jit(kron)(jnp.asarray(a), jnp.asarray(b))
+    assert got.dtype == jnp.complex128
+    np.testing.assert_allclose(got, np.kron(a, b), atol=1e-15)
+    # Differentiable in both factors, like jnp.kron.
+    for argnum in (0, 1):
+        np.testing.assert_allclose(
+            jax.grad(lambda x, y: jnp.sum(jnp.abs(kron(x, y)) ** 2), argnum)(jnp.asarray(a), jnp.asarray(b)),
+            jax.grad(lambda x, y: jnp.sum(jnp.abs(jnp.kron(x, y)) ** 2), argnum)(jnp.asarray(a), jnp.asarray(b)),
+            atol=1e-12)
