@@ -5,9 +5,9 @@
 The runner (``_common.run_configs``) starts one fresh process per configuration, so the peak RSS
 it reports is that configuration's own.
 
-Config keys: ``route`` (a name in ``_routes.ROUTES``, ``ours-simulate`` or ``ours-ensemble``), ``n``,
-``t``, optional ``realizations`` and ``full`` (both), ``batch_size`` (``ours-simulate``), ``chunk_size``
-(``ours-ensemble``), ``repeats`` (default: as many as fit ``budget_s``, at most
+Config keys: ``route`` (a name in ``_routes.ROUTES``, ``ours-simulate``, ``ours-ensemble`` or one of
+``ENSEMBLE_ROUTES``), ``n``, ``t``, optional ``realizations`` (all three) and ``full`` (the first
+two), ``batch_size`` (``ours-simulate``), ``chunk_size`` (``ours-ensemble``), ``repeats`` (default: as many as fit ``budget_s``, at most
 7), ``budget_s`` (default 2), ``seed``.
 """
 
@@ -33,9 +33,14 @@ def _reference(n, x, times, full):
     return _trajectory_series(traj, FULL_KEYS if full else CHEAP_KEYS)
 
 
+# ``scaling_n.py``'s ensemble routes: SpinGORM.simulate timed per realization (value: full set).
+ENSEMBLE_ROUTES = {"ours-cheap-ensemble": False, "ours-full-ensemble": True}
+
+
 def _route_simulate(n, times, realizations, seed, batch_size=None, full=False):
     """``SpinGORM.simulate`` of ``realizations`` realizations (cheap set unless ``full``), ``batch_size``
-    realizations at a time (``None``: the library's default); check: realization 0."""
+    realizations at a time (``None``: the library's default); check: realization 0 (with the
+    mutual information if ``full``)."""
     import jax
     import jax.numpy as jnp
 
@@ -44,8 +49,8 @@ def _route_simulate(n, times, realizations, seed, batch_size=None, full=False):
     t = jnp.asarray(times)
 
     def extract(out):
-        return {"entropy_production": np.asarray(out.entropy_production[0]),
-                "system_entropy": np.asarray(out.system_entropy[0])}
+        keys = ("entropy_production", "system_entropy") + (("mutual_information",) if full else ())
+        return {k: np.asarray(getattr(out, k)[0]) for k in keys}
 
     return (lambda: model.simulate(key, t, realizations, reservoir_entropies=full, batch_size=batch_size)), extract
 
@@ -98,7 +103,9 @@ def run(config: dict) -> dict:
     route, n, n_times = config["route"], int(config["n"]), int(config["t"])
     seed = int(config.get("seed", _common.SEED))
     _, x, times = _common.problem(n, n_times, seed)
-    if route == "ours-simulate":
+    if route in ENSEMBLE_ROUTES:
+        config = dict(config, full=ENSEMBLE_ROUTES[route])
+    if route == "ours-simulate" or route in ENSEMBLE_ROUTES:
         fn, extract = _route_simulate(n, times, int(config["realizations"]), seed, config.get("batch_size"),
                                       bool(config.get("full", False)))
     elif route == "ours-ensemble":
@@ -113,13 +120,17 @@ def run(config: dict) -> dict:
     chunk_used = None
     if route == "ours-ensemble":
         values, chunk_used = values
-    if route in ("ours-simulate", "ours-ensemble"):
+    many = route in ("ours-simulate", "ours-ensemble") or route in ENSEMBLE_ROUTES
+    if many:
         ref = _reference(n, x, times, bool(config.get("full", False)))
         err = max(float(np.max(np.abs(values[k] - ref[k]))) for k in values)
-        check = (err, err < _common.CHECK_TOL, "realization 0 vs qep_jax.evolve")
+        check = (err, err < _common.CHECK_TOL, f"realization 0 vs qep_jax.evolve over {sorted(values)}")
     else:
         check = _check(route, n, x, times, values)
     result = dict(config, **timing)
+    if many:
+        result["run_per_realization_s"] = timing["run_s"] / int(config["realizations"])
+        result["run_cpu_per_realization_s"] = timing["run_cpu_s"] / int(config["realizations"])
     if chunk_used is not None:
         result["chunk_size_used"] = chunk_used
     result.update(

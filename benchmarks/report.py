@@ -26,7 +26,14 @@ LABELS = {
     "qutip-full-conserved-eigenbasis": "QuTiP full (S_tot conserved, eigenbasis, opt-in)",
     "naive-cheap-propagator": "naive JAX cheap (U rho0 U^dag, opt-in)",
     "naive-full-propagator": "naive JAX full (U rho0 U^dag, opt-in)",
+    "ours-cheap-ensemble": "qep_jax cheap set, per realization of an ensemble",
+    "ours-full-ensemble": "qep_jax full set, per realization of an ensemble",
 }
+
+
+def _per_realization(row: dict) -> float:
+    """Run time of one realization: ensemble rows are timed over ``realizations`` of them."""
+    return row.get("run_per_realization_s", row["run_s"])
 
 
 def _fmt(x, digits=3):
@@ -55,11 +62,12 @@ def plot_scaling_n(data: dict, path: Path) -> None:
     rows = [r for r in data["rows"] if "error" not in r]
     fig, (ax, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 5))
     for route in LABELS:
-        pts = sorted((r["n"], r["run_s"], r["compile_s"], r.get("peak_rss_mib")) for r in rows if r["route"] == route)
+        pts = sorted((r["n"], _per_realization(r), r["compile_s"], r.get("peak_rss_mib"))
+                     for r in rows if r["route"] == route)
         if not pts:
             continue
         n = np.array([p[0] for p in pts])
-        style = "-o" if route.startswith("ours") else "--s"
+        style = (":^" if route.endswith("ensemble") else "-o") if route.startswith("ours") else "--s"
         ax.loglog(n, [p[1] for p in pts], style, label=LABELS[route], ms=4)
         if route.startswith(("ours", "dynamiqs", "naive")):
             ax2.loglog(n, [max(p[2], 1e-4) for p in pts], style, label=LABELS[route], ms=4)
@@ -135,6 +143,18 @@ def markdown(results: Path) -> str:
             [[r["set"], r["peer"], r["peer_run_s"], r["ours_run_s"], r["ratio"], r["ratio_cpu"],
               r["check_error"], r["check_ok"]] for r in sorted(target, key=lambda r: (r["set"], r["peer"]))]))
         parts.append("")
+    ensemble = sn.get("ensemble_ratios", [])
+    if ensemble:
+        parts += ["### Per realization of an ensemble: peer time / qep_jax time", "",
+                  "qep_jax here is `SpinGORM.simulate` over R realizations (default batch, realization 0 "
+                  "checked against `qep_jax.evolve`), timed per realization; its batched "
+                  "diagonalizations run on both cores, each peer on one. CPU time divides by that.", ""]
+        parts.append(_table(
+            ["N", "T", "set", "peer", "R", "peer run [s]", "qep_jax run / R [s]", "ratio (wall)", "ratio (CPU time)"],
+            [[r["n"], r["t"], r["set"], r["peer"], r["realizations"], r["peer_run_s"], r["ours_run_per_realization_s"],
+              r["ratio"], r["ratio_cpu"]] for r in sorted(ensemble, key=lambda r: (r["n"], r["set"], r["peer"]))
+             if r["n"] == 200 or r["peer"] == "qutip"]))
+        parts += ["", "All peers at N = 200, QuTiP at every N; `ensemble_ratios.csv` has every pair.", ""]
     if ratios:
         parts += ["### Ratio peer / qep_jax per N (wall time; '-' = peer failed its agreement check)", ""]
         ns = sorted({r["n"] for r in ratios})
@@ -148,12 +168,13 @@ def markdown(results: Path) -> str:
     parts += [f"### Fitted cost exponents (run time ~ N^k, least squares in log-log over N >= {sn['settings']['fit_min_n']})", ""]
     parts.append(_table(["route", "k"], [[LABELS.get(k, k), v] for k, v in sn["exponents"].items()
                                          if v is not None]))
-    parts += ["", "### All configurations (one realization)", ""]
+    parts += ["", "### All configurations (one realization; R for the ensemble routes)", ""]
     rows = sorted(sn["rows"], key=lambda r: (r["route"], r["n"]))
     parts.append(_table(
-        ["route", "N", "T", "run [s]", "CPU [s]", "first call [s]", "compile ~ [s]", "peak RSS [MiB]",
+        ["route", "N", "T", "R", "run [s]", "CPU [s]", "first call [s]", "compile ~ [s]", "peak RSS [MiB]",
          "baseline RSS [MiB]", "check", "error"],
-        [[r["route"], r["n"], r["t"], r.get("run_s"), r.get("run_cpu_s"), r.get("first_s"), r.get("compile_s"),
+        [[r["route"], r["n"], r["t"], r.get("realizations", 1), r.get("run_s"), r.get("run_cpu_s"), r.get("first_s"),
+          r.get("compile_s"),
           r.get("peak_rss_mib"), r.get("baseline_rss_mib"),
           None if r.get("check_error") is None else f"{r['check_error']:.1e} {'ok' if r['check_ok'] else 'FAIL'}",
           r.get("error")] for r in rows]))

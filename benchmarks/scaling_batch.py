@@ -35,13 +35,6 @@ import _common  # noqa: E402
 SECTIONS = ("realizations", "times", "batch_size", "runner")
 
 
-def _per_realization(rows):
-    for row in rows:
-        if "error" not in row:
-            row["run_per_realization_s"] = row["run_s"] / row["realizations"]
-    return rows
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="N = 8, small counts, one repeat (smoke test)")
@@ -81,10 +74,10 @@ def main(argv=None) -> dict:
     env = _common.environment()
     out, done = {}, set(args.sections)
     if "realizations" in done:
-        out["realizations"] = _per_realization(_common.run_configs(real_configs, in_process=args.in_process))
+        out["realizations"] = _common.run_configs(real_configs, in_process=args.in_process)
         _save(args.out, "scaling_realizations", {"environment": env, "rows": out["realizations"]})
     if "batch_size" in done:
-        out["batch_size"] = _per_realization(_common.run_configs(batch_configs, in_process=args.in_process))
+        out["batch_size"] = _common.run_configs(batch_configs, in_process=args.in_process)
         _save(args.out, "scaling_batch_size", {"environment": env, "rows": out["batch_size"]})
     if "times" in done:
         rows_t = _common.run_configs(time_configs, in_process=args.in_process)
@@ -97,7 +90,7 @@ def main(argv=None) -> dict:
         print("exponents in T (T >= 100):", fits)
         out.update(times=rows_t, exponents_in_t=fits)
     if "runner" in done:
-        out["runner"] = _per_realization(_common.run_configs(runner_configs, in_process=args.in_process))
+        out["runner"] = _common.run_configs(runner_configs, in_process=args.in_process)
         _save(args.out, "scaling_runner", {"environment": env, "rows": out["runner"]})
     return out
 

@@ -13,8 +13,13 @@ lambda), and the peers ``qutip-*``, ``dynamiqs-*``, ``naive-*`` (see ``_routes.p
 ``naive-full-propagator`` run only when named in ``--routes`` (at N = 200 unless ``--ns``). A peer's
 time enters the ratio table only if its numbers agree with qep_jax to ``CHECK_TOL``.
 
-Writes ``scaling_n.json`` / ``scaling_n.csv`` (one row per route and N) and
-``ratios.csv`` (peer run time / qep_jax run time per N) into ``--out``.
+Ensemble routes ``ours-cheap-ensemble`` / ``ours-full-ensemble``: ``SpinGORM.simulate`` of R = 64 /
+16 realizations (default batch), timed per realization and checked on realization 0, which uses
+the same GOE matrix as the other routes.
+
+Writes ``scaling_n.json`` / ``scaling_n.csv`` (one row per route and N), ``ratios.csv`` (peer run
+time / qep_jax run time per N) and ``ensemble_ratios.csv`` (peer run time / qep_jax run time per
+realization of an ensemble) into ``--out``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ import _common  # noqa: E402
 from _routes import OPTIONAL_ROUTES, route_parts  # noqa: E402
 
 OURS = ("ours-diag", "ours-cheap", "ours-full", "ours-grad-cheap", "ours-grad-full")
+# SpinGORM.simulate over R realizations (default batch), timed per realization: how the library is
+# used, and the only route whose diagonalizations use both cores (the peers' loop over
+# realizations would run one at a time on one core).
+ENSEMBLE = {"ours-cheap-ensemble": 64, "ours-full-ensemble": 16}
+TINY_REALIZATIONS = 3
 PEERS = ("qutip", "dynamiqs", "naive")
 TARGET_N, TARGET_T = 200, 100
 # Exponents are fitted over N >= FIT_MIN_N, where the O(N^3) / O(T N^2) terms dominate overheads.
@@ -39,6 +49,7 @@ def sizes(args) -> dict[str, list[int]]:
     if args.tiny:
         out = {r: [8] for r in OURS} | {f"{p}-{s}": [8] for p in PEERS for s in ("cheap", "full")}
         out["qutip-full-conserved"] = [8]
+        out |= {route: [8] for route in ENSEMBLE}
         out |= {route: [8] for route in OPTIONAL_ROUTES if args.routes and route in args.routes}
         return out
     quick = [16, 32, 64, 128, 200, 256]
@@ -58,6 +69,7 @@ def sizes(args) -> dict[str, list[int]]:
     # QuTiP's full set a second time with I = S + S_r - S_tot (S_tot conserved), the form the
     # dynamiqs and naive routes use; qutip-full keeps the prescribed entropy_mutual.
     out["qutip-full-conserved"] = list(peers)
+    out |= {route: list(peers) for route in ENSEMBLE}
     # Opt-in variants (only when named in --routes): N = 200 unless --ns says otherwise.
     for route in OPTIONAL_ROUTES:
         if args.routes and route in args.routes:
@@ -84,6 +96,29 @@ def ratio_rows(rows: list[dict]) -> list[dict]:
             "ratio": r["run_s"] / ours["run_s"] if r["check_ok"] else None,
             "ratio_cpu": r["run_cpu_s"] / ours["run_cpu_s"] if r["check_ok"] else None,
             "check_error": r["check_error"], "check_ok": r["check_ok"],
+        })
+    return out
+
+
+def ensemble_ratio_rows(rows: list[dict]) -> list[dict]:
+    """``peer run_s / (qep_jax ensemble run_s / R)`` per N and set (wall and CPU time), only where
+    both passed their checks: a peer's one realization against one of R realizations of
+    ``SpinGORM.simulate``."""
+    ok = {(r["route"], r["n"]): r for r in rows if "error" not in r}
+    out = []
+    for (route, n), r in sorted(ok.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        peer, which, variant = route_parts(route)
+        ens = ok.get((f"ours-{which}-ensemble", n))
+        if peer not in PEERS or ens is None:
+            continue
+        good = bool(r["check_ok"] and ens["check_ok"])
+        out.append({
+            "n": n, "t": r["t"], "set": which, "peer": f"{peer}-{variant}" if variant else peer,
+            "realizations": ens["realizations"], "peer_run_s": r["run_s"],
+            "ours_run_per_realization_s": ens["run_per_realization_s"],
+            "ratio": r["run_s"] / ens["run_per_realization_s"] if good else None,
+            "ratio_cpu": r["run_cpu_s"] / ens["run_cpu_per_realization_s"] if good else None,
+            "check_ok": good,
         })
     return out
 
@@ -121,6 +156,8 @@ def main(argv=None) -> dict:
             continue
         for n in ns:
             config = {"route": route, "n": n, "t": n_times, "budget_s": args.budget}
+            if route in ENSEMBLE:
+                config["realizations"] = TINY_REALIZATIONS if args.tiny else ENSEMBLE[route]
             if args.tiny:
                 config["repeats"] = 1
             configs.append(config)
@@ -140,10 +177,12 @@ def main(argv=None) -> dict:
         "rows": rows,
         "exponents": exponents(rows, 8 if args.tiny else FIT_MIN_N),
         "ratios": ratio_rows(rows),
+        "ensemble_ratios": ensemble_ratio_rows(rows),
     }
     _common.write_json(args.out / "scaling_n.json", payload)
     _common.write_table(args.out / "scaling_n.csv", rows)
     _common.write_table(args.out / "ratios.csv", payload["ratios"])
+    _common.write_table(args.out / "ensemble_ratios.csv", payload["ensemble_ratios"])
     print("exponents (run time ~ N^k, N >= %d):" % (8 if args.tiny else FIT_MIN_N),
           {k: None if v is None else round(v, 2) for k, v in payload["exponents"].items()})
     return payload

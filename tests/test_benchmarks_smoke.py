@@ -53,6 +53,24 @@ def test_scaling_n_tiny(out):
     assert (out / "ratios.csv").read_text().startswith("n,")
 
 
+def test_ensemble_routes_tiny(tmp_path):
+    """SpinGORM.simulate timed per realization: realization 0 checked (with I(s:r) for the full set),
+    ratios against the one-realization peers in their own table, not in the per-route ratios."""
+    routes = ["ours-cheap-ensemble", "ours-full-ensemble", "naive-cheap"]
+    payload = _script("scaling_n").main(["--tiny", "--in-process", "--out", str(tmp_path), "--routes", *routes])
+    rows = {r["route"]: r for r in payload["rows"]}
+    for route in routes[:2]:
+        r = rows[route]
+        assert "error" not in r and r["check_ok"] and r["realizations"] == 3, r
+        assert r["run_per_realization_s"] == r["run_s"] / 3
+    assert "mutual_information" in rows["ours-full-ensemble"]["check_what"]
+    assert "mutual_information" not in rows["ours-cheap-ensemble"]["check_what"]
+    assert payload["ratios"] == []  # no ours-cheap row to compare with
+    (ratio,) = payload["ensemble_ratios"]
+    assert (ratio["set"], ratio["peer"], ratio["realizations"]) == ("cheap", "naive", 3) and ratio["ratio"] > 0
+    assert (tmp_path / "ensemble_ratios.csv").read_text().startswith("n,")
+
+
 def _tiny_peer(tmp_path, package, ours, route):
     """``(payload, row of route)`` of a tiny in-process sweep of ``ours`` and one peer route."""
     if not _installed(package):
