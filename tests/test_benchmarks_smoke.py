@@ -109,6 +109,15 @@ def test_scaling_batch_and_report_tiny(out):
     assert (out / "scaling_n.png").stat().st_size > 0 and (out / "scaling_batch.png").stat().st_size > 0
 
 
+def test_profile_ops_tiny(tmp_path):
+    record = _script("profile_ops").main(["--tiny", "--out", str(tmp_path)])
+    ops = record["xla_ops_ms"]
+    assert record["run_ms_per_realization"] > 0 and ops and all(v >= 0 for v in ops.values())
+    assert abs(sum(ops.values()) - record["xla_ops_total_ms"]) < 1e-9
+    assert any(name.startswith("pure_callback") for name in ops)  # the batched host eigh
+    assert json.loads((tmp_path / "profile_ops.json").read_text())["settings"]["realizations"] == 4
+
+
 def test_gpu_bench_dry_run(tmp_path):
     gpu = _script("gpu_bench")
     record = gpu.main(["--dry-run", "--out", str(tmp_path)])
