@@ -101,30 +101,10 @@ def _as_matrix_tuple(name: str, value: Any) -> tuple[Any, ...]:
     return items
 
 
-def kron(a: Array, b: Array) -> Array:
-    """``jnp.kron(a, b)`` of two matrices, written block by block when ``a`` is small.
-
-    ``jnp.kron`` is one broadcast product, into which XLA fuses whatever computed ``b`` and then
-    re-evaluates it for every entry of the result: with ``b`` a fresh GOE sample, each normal
-    (an ``erf_inv``) was drawn again for each of the four spin blocks. Assembling ``H`` took
-    2.3 ms of a 15.5 ms spin-GORM realization at N = 200 on 2 cores, and 0.2 ms block by block
-    (XLA then writes ``b`` out once). A large ``a`` (many small blocks) keeps ``jnp.kron``.
-    """
-    if a.ndim != 2 or b.ndim != 2 or a.shape[0] * a.shape[1] > _KRON_BLOCKS:
-        return jnp.kron(a, b)
-    dtype = jnp.result_type(a, b)
-    a, b = a.astype(dtype), b.astype(dtype)
-    return jnp.block([[a[i, j] * b for j in range(a.shape[1])] for i in range(a.shape[0])])
-
-
-# Largest number of entries of the left factor that kron() assembles block by block.
-_KRON_BLOCKS = 16
-
-
 def _kron_all(mats: Sequence[Array]) -> Array:
     out = mats[0]
     for m in mats[1:]:
-        out = kron(out, m)
+        out = jnp.kron(out, m)
     return out
 
 

@@ -247,21 +247,3 @@ def test_transposed_and_adjoint_are_copies_of_the_transpose():
                                    atol=1e-12)
     np.testing.assert_allclose(jax.vmap(f, (0, None))(jnp.stack([x, 2 * x]), jnp.asarray(b)),
                                [g(x, b), g(2 * x, b)], atol=1e-12)
-
-
-@pytest.mark.parametrize("shape_a", [(2, 2), (1, 3), (3, 2), (5, 5)])  # (5, 5): jnp.kron's branch
-def test_kron_matches_numpy(shape_a):
-    from qep_jax._open_system import kron
-
-    rng = np.random.default_rng(8)
-    a = rng.normal(size=shape_a)
-    b = rng.normal(size=(4, 3)) + 1j * rng.normal(size=(4, 3))
-    got = jax.jit(kron)(jnp.asarray(a), jnp.asarray(b))
-    assert got.dtype == jnp.complex128
-    np.testing.assert_allclose(got, np.kron(a, b), atol=1e-15)
-    # Differentiable in both factors, like jnp.kron.
-    for argnum in (0, 1):
-        np.testing.assert_allclose(
-            jax.grad(lambda x, y: jnp.sum(jnp.abs(kron(x, y)) ** 2), argnum)(jnp.asarray(a), jnp.asarray(b)),
-            jax.grad(lambda x, y: jnp.sum(jnp.abs(jnp.kron(x, y)) ** 2), argnum)(jnp.asarray(a), jnp.asarray(b)),
-            atol=1e-12)

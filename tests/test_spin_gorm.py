@@ -27,6 +27,18 @@ def test_goe_moments(key):
     assert abs(tr2.mean() - (2 * n + n * (n - 1))) < 5 * tr2.std() / np.sqrt(m)
 
 
+def test_goe_draws_the_normals_of_its_key_under_jit_and_vmap(key):
+    """Writing the normals out (a reduction with zeros) changes no sample: the same matrices, to the
+    rounding of the division, as (A + A^T)/sqrt(2) of jax.random.normal with the same key, eagerly,
+    jitted and vmapped."""
+    keys = jax.random.split(key, 3)
+    direct = [(a + a.T) / np.sqrt(2.0) for a in (np.asarray(jax.random.normal(k, (5, 5))) for k in keys)]
+    for got in ([qep_jax.goe(k, 5) for k in keys], [jax.jit(qep_jax.goe, static_argnums=1)(k, 5) for k in keys],
+                list(jax.vmap(lambda k: qep_jax.goe(k, 5))(keys))):
+        for g, d in zip(got, direct):
+            np.testing.assert_allclose(np.asarray(g), d, rtol=4e-16, atol=0)
+
+
 def test_open_system_is_the_paper_model(key):
     n = 5
     model = qep_jax.SpinGORM(n, 0.3, 0.2, 4.0)

@@ -18,8 +18,7 @@ from .._evolve import (
     warn_if_float32,
 )
 from .._linalg import hint_blas_threads
-from .._open_system import (InputError, OpenSystem, _is_concrete, check_count, check_finite, check_hermitian, is_int,
-                            kron)
+from .._open_system import InputError, OpenSystem, _is_concrete, check_count, check_finite, check_hermitian, is_int
 from .._propagator_rules import n_series_observables
 from .._random import goe
 from .._trajectory import Trajectory
@@ -123,7 +122,7 @@ class SpinGORM:
             h_system=self.delta / 2 * sigma_z,
             h_reservoirs=jnp.diag(self.reservoir_energies().astype(dtype)),
             betas=self.beta,
-            coupling=self.coupling_strength * kron(sigma_x, coupling_matrix),
+            coupling=self.coupling_strength * jnp.kron(sigma_x, coupling_matrix),
             rho_system=jnp.diag(jnp.array([1.0, 0.0], dtype)),
         )
 

@@ -11,8 +11,7 @@ from jax import Array
 
 from .._evolve import _evolve_kernel, check_times, warn_if_float32
 from .._linalg import hint_blas_threads
-from .._open_system import (InputError, OpenSystem, _is_concrete, check_count, check_finite, check_hermitian, is_int,
-                            kron)
+from .._open_system import InputError, OpenSystem, _is_concrete, check_count, check_finite, check_hermitian, is_int
 from .._random import goe
 from .._trajectory import Trajectory
 
@@ -109,7 +108,7 @@ class SpinTwoGORM:
             h_system=self.delta / 2 * jnp.diag(jnp.array([-1.0, 1.0], dtype)),
             h_reservoirs=(h_r, h_r),
             betas=jnp.stack([self.beta_hot, self.beta_cold]),
-            coupling=self.coupling_strength * kron(sigma_x, bath),
+            coupling=self.coupling_strength * jnp.kron(sigma_x, bath),
             rho_system=jnp.diag(jnp.array([1.0, 0.0], dtype)),
         )
 
