@@ -12,9 +12,9 @@ matrix keeps XLA's kernel, which has no batch to split), and :func:`eigvalsh` Nu
 ``eigvalsh`` (``jobz='N'``: ``jnp.linalg.eigvalsh`` computes the eigenvectors and drops them,
 twice the work), except for ``2 x 2`` matrices, whose eigenvalues it writes in closed form. When
 BLAS runs one thread per call (``OPENBLAS_NUM_THREADS=1``, or a ``threadpoolctl`` limit) a batch
-is split over the cores in host threads (NumPy releases the GIL inside LAPACK); otherwise :func:`hint_blas_threads` says once how to get that. A process with several CPU
-devices uses no callbacks (see :func:`_callbacks_safe`): it loops over single matrices with XLA's
-kernel. On GPU/TPU the native solvers are used unchanged.
+is split over the cores in host threads (NumPy releases the GIL inside LAPACK); otherwise
+:func:`hint_blas_threads` says once how to get that. A process with several CPU devices uses no
+callbacks (see :func:`_callbacks_safe`): it loops over single matrices with XLA's kernel. On GPU/TPU the native solvers are used unchanged.
 
 Derivatives: the JVP is the textbook one (``dE = diag(W^dag dA W)``, eigenvector term with
 ``1/(E_j - E_i)``), as in ``jnp.linalg.eigh``; callers that need correct derivatives at
