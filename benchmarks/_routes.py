@@ -360,6 +360,10 @@ ROUTES = {
     "naive-cheap-propagator": route_naive_cheap_propagator,
     "naive-full-propagator": route_naive_full_propagator,
 }
+# SpinGORM.simulate over R realizations (default batch), timed per realization (``_worker.py`` runs
+# them; R per route): how the library is used, and the only routes whose diagonalizations use both
+# cores (the peers' loops over realizations would run one at a time on one core).
+ENSEMBLE_REALIZATIONS = {"ours-cheap-ensemble": 64, "ours-full-ensemble": 16}
 # Opt-in variants: run only when named in --routes (they measure a formulation choice).
 OPTIONAL_ROUTES = ("qutip-cheap-eigenbasis", "qutip-full-conserved-eigenbasis",
                    "naive-cheap-propagator", "naive-full-propagator")

@@ -6,9 +6,9 @@ The runner (``_common.run_configs``) starts one fresh process per configuration,
 it reports is that configuration's own.
 
 Config keys: ``route`` (a name in ``_routes.ROUTES``, ``ours-simulate``, ``ours-ensemble`` or one of
-``ENSEMBLE_ROUTES``), ``n``, ``t``, optional ``realizations`` (all three) and ``full`` (the first
-two), ``batch_size`` (``ours-simulate``), ``chunk_size`` (``ours-ensemble``), ``repeats`` (default: as many as fit ``budget_s``, at most
-7), ``budget_s`` (default 2), ``seed``.
+``_routes.ENSEMBLE_REALIZATIONS``), ``n``, ``t``, optional ``realizations`` (all three) and ``full``
+(the first two), ``batch_size`` (``ours-simulate``), ``chunk_size`` (``ours-ensemble``),
+``repeats`` (default: as many as fit ``budget_s``, at most 7), ``budget_s`` (default 2), ``seed``.
 """
 
 from __future__ import annotations
@@ -31,10 +31,6 @@ def _reference(n, x, times, full):
     model, _, _ = _common.problem(n, 2)
     traj = qep_jax.evolve(model.open_system(jnp.asarray(x)), jnp.asarray(times), reservoir_entropies=full)
     return _trajectory_series(traj, FULL_KEYS if full else CHEAP_KEYS)
-
-
-# ``scaling_n.py``'s ensemble routes: SpinGORM.simulate timed per realization (value: full set).
-ENSEMBLE_ROUTES = {"ours-cheap-ensemble": False, "ours-full-ensemble": True}
 
 
 def _route_simulate(n, times, realizations, seed, batch_size=None, full=False):
@@ -98,14 +94,14 @@ def _check(route, n, x, times, values) -> tuple[float | None, bool | None, str]:
 
 
 def run(config: dict) -> dict:
-    from _routes import ROUTES
+    from _routes import ENSEMBLE_REALIZATIONS, ROUTES, is_full
 
     route, n, n_times = config["route"], int(config["n"]), int(config["t"])
     seed = int(config.get("seed", _common.SEED))
     _, x, times = _common.problem(n, n_times, seed)
-    if route in ENSEMBLE_ROUTES:
-        config = dict(config, full=ENSEMBLE_ROUTES[route])
-    if route == "ours-simulate" or route in ENSEMBLE_ROUTES:
+    if route in ENSEMBLE_REALIZATIONS:
+        config = dict(config, full=is_full(route))
+    if route == "ours-simulate" or route in ENSEMBLE_REALIZATIONS:
         fn, extract = _route_simulate(n, times, int(config["realizations"]), seed, config.get("batch_size"),
                                       bool(config.get("full", False)))
     elif route == "ours-ensemble":
@@ -120,7 +116,7 @@ def run(config: dict) -> dict:
     chunk_used = None
     if route == "ours-ensemble":
         values, chunk_used = values
-    many = route in ("ours-simulate", "ours-ensemble") or route in ENSEMBLE_ROUTES
+    many = route in ("ours-simulate", "ours-ensemble") or route in ENSEMBLE_REALIZATIONS
     if many:
         ref = _reference(n, x, times, bool(config.get("full", False)))
         err = max(float(np.max(np.abs(values[k] - ref[k]))) for k in values)

@@ -31,14 +31,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
-from _routes import OPTIONAL_ROUTES, route_parts  # noqa: E402
+from _routes import ENSEMBLE_REALIZATIONS as ENSEMBLE, OPTIONAL_ROUTES, route_parts  # noqa: E402
 
 OURS = ("ours-diag", "ours-cheap", "ours-full", "ours-grad-cheap", "ours-grad-full")
-# SpinGORM.simulate over R realizations (default batch), timed per realization: how the library is
-# used, and the only route whose diagonalizations use both cores (the peers' loop over
-# realizations would run one at a time on one core).
-ENSEMBLE = {"ours-cheap-ensemble": 64, "ours-full-ensemble": 16}
-TINY_REALIZATIONS = 3
+TINY_REALIZATIONS = 3  # per ensemble route with --tiny
 PEERS = ("qutip", "dynamiqs", "naive")
 TARGET_N, TARGET_T = 200, 100
 # Exponents are fitted over N >= FIT_MIN_N, where the O(N^3) / O(T N^2) terms dominate overheads.
