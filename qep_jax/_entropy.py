@@ -48,11 +48,6 @@ def entropy_from_eigenvalues(eigenvalues: Array) -> Array:
     return -jnp.sum(_xlogx(eigenvalues), axis=-1)
 
 
-def _diagonal_in_basis(vectors: Array, matrix: Array) -> Array:
-    """``Re <v_i| M |v_i>`` for the columns ``v_i`` of ``vectors``; shapes ``(..., n, n) -> (..., n)``."""
-    return jnp.real(jnp.einsum("...ji,...jk,...ki->...i", vectors.conj(), matrix, vectors))
-
-
 def _square_matrices(name: str, value) -> Array:
     """``value`` as an array of shape ``(..., n, n)``, or an InputError naming the argument."""
     value = jnp.asarray(value)
@@ -94,7 +89,7 @@ def _von_neumann_entropy_jvp(primals, tangents):
     eigenvalues, vectors = _linalg.eigh(rho)
     value = entropy_from_eigenvalues(eigenvalues)
     weights = _xlogx_derivative(eigenvalues)
-    return value, -jnp.sum(weights * _diagonal_in_basis(vectors, drho), axis=-1)
+    return value, -jnp.sum(weights * _linalg.diagonal_in_basis(vectors, drho), axis=-1)
 
 
 def _log_divided_difference(mu: Array) -> Array:
@@ -176,7 +171,7 @@ def _support_tolerance(mu: Array) -> Array:
 def _cross_term(a: Array, b: Array) -> Array:
     """``Tr[a ln b]``; ``-inf`` where ``a`` has weight outside the support of ``b``."""
     mu, w = _linalg.eigh(b)
-    weight = _diagonal_in_basis(w, a)
+    weight = _linalg.diagonal_in_basis(w, a)
     tol = _support_tolerance(mu)
     inside = mu > tol
     log_mu = jnp.log(jnp.where(inside, mu, 1.0))
@@ -196,7 +191,7 @@ def _cross_term_jvp(primals, tangents):
     value = _cross_term(a, b)
     log_mu = jnp.log(jnp.where(inside, mu, 1.0))
     # d Tr[a ln b] = Tr[da ln b] + sum_ij L_ij a~_ji db~_ij (Daleckii-Krein in the eigenbasis of b).
-    dterm_a = jnp.sum(jnp.where(inside, log_mu, 0.0) * _diagonal_in_basis(w, da), axis=-1)
+    dterm_a = jnp.sum(jnp.where(inside, log_mu, 0.0) * _linalg.diagonal_in_basis(w, da), axis=-1)
     a_eig = jnp.einsum("...ji,...jk,...kl->...il", w.conj(), a, w)
     db_eig = jnp.einsum("...ji,...jk,...kl->...il", w.conj(), db, w)
     mu_masked = jnp.where(inside, mu, 0.0)

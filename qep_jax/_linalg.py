@@ -44,6 +44,11 @@ def hermitian_part(a: Array) -> Array:
     return (a + jnp.swapaxes(a, -1, -2).conj()) / 2
 
 
+def diagonal_in_basis(vectors: Array, matrix: Array) -> Array:
+    """``Re <v_i| M |v_i>`` for the columns ``v_i`` of ``vectors``; shapes ``(..., n, n) -> (..., n)``."""
+    return jnp.real(jnp.einsum("...ji,...jk,...ki->...i", vectors.conj(), matrix, vectors))
+
+
 def transposed(a: Array) -> Array:
     """``a^T`` over the last two axes as a row-major copy, for the left operand of a product.
 
@@ -302,7 +307,7 @@ def _eigvalsh_jvp(primals, tangents):
     (a,), (da,) = primals, tangents
     w, v = _flat_vmap(_eigh_cpu, a)  # differentiable, as in _eigh_jvp
     da = hermitian_part(da)
-    dw = jnp.real(jnp.einsum("...ji,...jk,...ki->...i", v.conj(), da, v))
+    dw = diagonal_in_basis(v, da)
     return w, dw.astype(w.dtype)
 
 
