@@ -63,14 +63,14 @@ def expectation_at(energies: Array, weights: Array, t: Array) -> Array:
     Real weights (real symmetric ``H``) use two real matrix-vector products instead of complex ones.
     """
     cos, sin = _phases(energies, t)
+    # The last contraction is a product, not an elementwise sum: XLA fused cos and sin into the
+    # elementwise form and wrote them out once per observable; the phases took 2.1 ms of a
+    # spin-GORM realization at N = 200, T = 100 on 2 cores, 1.4 ms as products.
     if jnp.iscomplexobj(weights):
         right = weights @ (cos + 1j * sin)  # (n, D): sum_b M_ab phi_b*
-        return jnp.sum((cos - 1j * sin) * right, axis=-1)
+        return right @ (cos - 1j * sin)
     right_c = weights @ cos
     right_s = weights @ sin
-    # Products, not elementwise sums: XLA fused cos and sin into the elementwise form and wrote
-    # them out once per observable; the phases took 2.1 ms of a spin-GORM realization at N = 200,
-    # T = 100 on 2 cores, now 1.4 ms.
     real = right_c @ cos + right_s @ sin
     imag = right_s @ cos - right_c @ sin
     return jax.lax.complex(real, imag)
