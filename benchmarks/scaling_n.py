@@ -73,21 +73,26 @@ def sizes(args) -> dict[str, list[int]]:
     return out
 
 
-def ratio_rows(rows: list[dict]) -> list[dict]:
-    """``peer run_s / ours run_s`` per N and set, only where the peer passed its check.
+def _peer_pairs(rows: list[dict], ours_suffix: str):
+    """``(peer row, its label, matching qep_jax row)`` per N, the qep_jax row being
+    ``ours-<set><ours_suffix>`` at the same N; rows with an error are skipped.
 
-    ``peer`` is the route's peer with its variant, if any (``qutip-conserved`` for
+    The label is the route's peer with its variant, if any (``qutip-conserved`` for
     ``qutip-full-conserved``)."""
     ok = {(r["route"], r["n"]): r for r in rows if "error" not in r}
-    out = []
     for (route, n), r in sorted(ok.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         peer, which, variant = route_parts(route)
-        if peer not in PEERS or (f"ours-{which}", n) not in ok:
-            continue
-        peer = f"{peer}-{variant}" if variant else peer
-        ours = ok[(f"ours-{which}", n)]
+        ours = ok.get((f"ours-{which}{ours_suffix}", n))
+        if peer in PEERS and ours is not None:
+            yield r, f"{peer}-{variant}" if variant else peer, ours
+
+
+def ratio_rows(rows: list[dict]) -> list[dict]:
+    """``peer run_s / ours run_s`` per N and set, only where the peer passed its check."""
+    out = []
+    for r, peer, ours in _peer_pairs(rows, ""):
         out.append({
-            "n": n, "t": r["t"], "set": which, "peer": peer,
+            "n": r["n"], "t": r["t"], "set": route_parts(r["route"])[1], "peer": peer,
             "peer_run_s": r["run_s"], "ours_run_s": ours["run_s"],
             "ratio": r["run_s"] / ours["run_s"] if r["check_ok"] else None,
             "ratio_cpu": r["run_cpu_s"] / ours["run_cpu_s"] if r["check_ok"] else None,
@@ -100,16 +105,11 @@ def ensemble_ratio_rows(rows: list[dict]) -> list[dict]:
     """``peer run_s / (qep_jax ensemble run_s / R)`` per N and set (wall and CPU time), only where
     both passed their checks: a peer's one realization against one of R realizations of
     ``SpinGORM.simulate``."""
-    ok = {(r["route"], r["n"]): r for r in rows if "error" not in r}
     out = []
-    for (route, n), r in sorted(ok.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        peer, which, variant = route_parts(route)
-        ens = ok.get((f"ours-{which}-ensemble", n))
-        if peer not in PEERS or ens is None:
-            continue
+    for r, peer, ens in _peer_pairs(rows, "-ensemble"):
         good = bool(r["check_ok"] and ens["check_ok"])
         out.append({
-            "n": n, "t": r["t"], "set": which, "peer": f"{peer}-{variant}" if variant else peer,
+            "n": r["n"], "t": r["t"], "set": route_parts(r["route"])[1], "peer": peer,
             "realizations": ens["realizations"], "peer_run_s": r["run_s"],
             "ours_run_per_realization_s": ens["run_per_realization_s"],
             "ratio": r["run_s"] / ens["run_per_realization_s"] if good else None,
