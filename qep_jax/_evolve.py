@@ -34,7 +34,7 @@ class _Equilibrium(NamedTuple):
 
 def _equilibrium(system: OpenSystem, r: int) -> _Equilibrium:
     # Derivatives use divided differences of exp on the spectrum of G_r: finite when G_r is degenerate.
-    return _Equilibrium(*thermal_state(system.grand_hamiltonian(r), system.betas[r]))
+    return _Equilibrium(*thermal_state(system.grand_hamiltonian(r), system.betas[r], system.diagonal_reservoirs))
 
 
 def _static_rank(rho_system, tol: float = 1e-12) -> int:
@@ -77,7 +77,8 @@ def _kernel_body(system: OpenSystem, times: Array, *, reservoir_entropies: bool,
     rho0 = _kron_all([system.rho_system] + [e.rho for e in eqs])
     reservoir_ops = list(system.h_reservoirs) + (list(system.number_operators) if has_numbers else [])
     factors = list(range(1, n_res + 1)) * (2 if has_numbers else 1)
-    config = SeriesConfig(dims, tuple(factors), reservoir_entropies, int(time_batch_size), int(system_rank))
+    config = SeriesConfig(dims, tuple(factors), reservoir_entropies, int(time_batch_size), int(system_rank),
+                          system.diagonal_reservoirs)
     # One eigh of H; derivatives through the Daleckii-Krein rule of _propagator_rules (exact at degeneracies).
     series = spectral_series(config, system.hamiltonian(), rho0, tuple(reservoir_ops), system.rho_system,
                              tuple(e.sqrt_rho for e in eqs), times)

@@ -125,6 +125,14 @@ class OpenSystem:
         chemical_potentials: ``(K,)`` (zeros when not given).
         number_operators: tuple of ``K`` Hermitian ``(d_r, d_r)`` commuting with ``H_r``, or ``None``.
 
+    Static metadata:
+        diagonal_reservoirs: every ``H_r`` (and ``N_r``) is diagonal. The reservoir Gibbs states
+            then need no diagonalization and the reservoir observables no matrix products
+            (``O(d_r)`` instead of ``O(d_r^3)``, ``O(D d_r)`` instead of ``O(D^2 d_r)``). Found by
+            inspection when the matrices are concrete; pass ``True`` to declare it for traced ones
+            (models whose reservoirs are diagonal by construction do). A declared ``True`` that
+            concrete matrices contradict raises :class:`InputError`.
+
     Construction with concrete arrays validates every argument and raises :class:`InputError`
     naming the argument. Pytree unflattening (under ``jit``/``vmap``) skips validation.
 
@@ -139,6 +147,7 @@ class OpenSystem:
     """
 
     __slots__ = (
+        "diagonal_reservoirs",
         "h_system",
         "h_reservoirs",
         "betas",
@@ -158,6 +167,7 @@ class OpenSystem:
         *,
         chemical_potentials=None,
         number_operators=None,
+        diagonal_reservoirs: bool | None = None,
     ):
         h_res = _as_matrix_tuple("h_reservoirs", h_reservoirs)
         n_res = len(h_res)
@@ -183,19 +193,23 @@ class OpenSystem:
         mus = jnp.zeros((n_res,), real) if chemical_potentials is None else chemical_potentials
         object.__setattr__(self, "chemical_potentials", jnp.broadcast_to(jnp.asarray(mus, real), (n_res,)))
         object.__setattr__(self, "number_operators", None if n_ops is None else tuple(conv(n) for n in n_ops))
+        object.__setattr__(self, "diagonal_reservoirs", _diagonal_flag(diagonal_reservoirs, h_res, n_ops))
 
     def __setattr__(self, name, value):
         raise AttributeError("OpenSystem is immutable; use dataclasses-style replace via the constructor.")
 
     # -- pytree protocol ------------------------------------------------------------------
+    # The first slot is static metadata (the pytree's aux data), the others are the leaves.
     def tree_flatten_with_keys(self):
-        keys = [jax.tree_util.GetAttrKey(name) for name in self.__slots__]
-        return list(zip(keys, (getattr(self, n) for n in self.__slots__))), None
+        names = self.__slots__[1:]
+        keys = [jax.tree_util.GetAttrKey(name) for name in names]
+        return list(zip(keys, (getattr(self, n) for n in names))), self.diagonal_reservoirs
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
-        for name, value in zip(cls.__slots__, children):
+        object.__setattr__(obj, "diagonal_reservoirs", aux)
+        for name, value in zip(cls.__slots__[1:], children):
             object.__setattr__(obj, name, value)
         return obj
 
@@ -242,6 +256,27 @@ class OpenSystem:
         if self.number_operators is None:
             return self.h_reservoirs[r]
         return self.h_reservoirs[r] - self.chemical_potentials[r] * self.number_operators[r]
+
+
+def _is_diagonal(m) -> bool:
+    m = np.asarray(m)
+    return not np.any(m[~np.eye(m.shape[-1], dtype=bool)])
+
+
+def _diagonal_flag(declared, h_res, n_ops) -> bool:
+    """The ``diagonal_reservoirs`` metadata: checked when concrete, trusted when declared for tracers."""
+    if declared is not None and not isinstance(declared, (bool, np.bool_)):
+        raise InputError(f"diagonal_reservoirs={declared!r} must be True, False or None (inspect).")
+    mats = list(h_res) + list(n_ops or ())
+    if not all(_is_concrete(m) for m in mats):
+        return bool(declared)
+    diagonal = all(_is_diagonal(m) for m in mats)
+    if declared and not diagonal:
+        raise InputError(
+            "diagonal_reservoirs=True, but a reservoir Hamiltonian or number operator has nonzero "
+            "off-diagonal entries; pass diagonal_reservoirs=None to have it inspected."
+        )
+    return diagonal if declared is None else bool(declared)
 
 
 def _validate(h_system, h_res, betas, coupling, rho_system, chemical_potentials, n_ops) -> None:

@@ -77,6 +77,7 @@ class SeriesConfig(NamedTuple):
     reservoir_entropies: bool
     time_batch_size: int
     system_rank: int
+    diagonal_reservoirs: bool = False  # the reservoir observables and Gibbs states are diagonal
 
 
 def system_pairs(d_s: int) -> tuple[tuple[int, int], ...]:
@@ -125,8 +126,15 @@ class Series(NamedTuple):
 
 
 def apply_on_factor(op: Array, w: Array, dims: tuple[int, ...], factor: int) -> Array:
-    """``(1 (x) op (x) 1) @ w`` for ``w`` of shape ``(D, n)`` without forming the ``D x D`` operator."""
+    """``(1 (x) op (x) 1) @ w`` for ``w`` of shape ``(D, n)`` without forming the ``D x D`` operator.
+
+    A 1-D ``op`` is the diagonal of a diagonal operator: the rows of ``w`` are scaled, ``O(D n)``.
+    """
     tensor = w.reshape(dims + (w.shape[-1],))
+    if op.ndim == 1:
+        shape = [1] * tensor.ndim
+        shape[factor] = op.shape[0]
+        return (tensor * op.reshape(shape)).reshape(w.shape)
     out = jnp.moveaxis(jnp.tensordot(op, tensor, axes=([1], [factor])), 0, factor)
     return out.reshape(w.shape)
 
@@ -178,6 +186,9 @@ def _setup(config: SeriesConfig, h, rho0, reservoir_ops, rho_system, sqrt_eqs) -
     # rotating the dense state. It is Hermitian by construction, so every output is a function of
     # herm(rho(0)) and the other entries of rho_s(t) follow from the system_pairs.
     factor = system_factor(rho_system, config.system_rank)
+    if config.diagonal_reservoirs:  # diagonals only: O(D M) instead of O(D M^2) products
+        sqrt_eqs = [jnp.diagonal(q) for q in sqrt_eqs]
+        reservoir_ops = [jnp.diagonal(o) for o in reservoir_ops]
     factor_eig = product_factor_to_eigenbasis(spectrum, factor, _kron_all(list(sqrt_eqs)))
     rho0_eig = factor_eig @ factor_eig.conj().T
     # rho_s(t)_ij = <(|j><i| (x) 1)>_t: O~_ba = sum_R conj(W_(jR)b) W_(iR)a, weight M_ab = rho0~_ab O~_ba.
@@ -245,18 +256,37 @@ def _primal_series(config: SeriesConfig, s: _Setup, times: Array) -> Series:
                   series.get("joint_reservoir_entropy"))
 
 
-@jax.custom_jvp
-def thermal_state(g: Array, beta: Array) -> tuple[Array, Array, Array, Array, Array]:
-    """Gibbs state of ``G`` at ``beta`` and its companions, with degeneracy-safe derivatives.
+def _thermal_spectrum(g: Array, diagonal: bool) -> tuple[Array, Array | None]:
+    """``(eps, v)`` of ``G = v diag(eps) v^dag``; ``v = None`` (the identity) for a diagonal ``G``."""
+    if diagonal:
+        return jnp.real(jnp.diagonal(g)), None
+    return _linalg.eigh(g)
 
-    Returns ``(rho, sqrt_rho, ln Z, S, <G>)`` with ``rho = exp(-beta G) / Z`` ``(d, d)``,
-    ``sqrt_rho = exp(-beta G / 2) / sqrt(Z)``, ``S = -Tr rho ln rho = ln Z + beta <G>``.
-    """
-    eps, v = _linalg.eigh(g)
+
+def _from_thermal_basis(m: Array, v: Array | None) -> Array:
+    """``v m v^dag`` (``m`` itself for ``v = None``)."""
+    return m if v is None else v @ m @ v.conj().T
+
+
+def _thermal_state(g: Array, beta: Array, diagonal: bool) -> tuple[Array, Array, Array, Array, Array]:
+    eps, v = _thermal_spectrum(g, diagonal)
     p, log_z, mean = _gibbs_weights(eps, beta)
-    rho = (v * p) @ v.conj().T
-    sqrt_rho = (v * jnp.sqrt(p)) @ v.conj().T
+    if v is None:
+        rho, sqrt_rho = jnp.diag(p).astype(g.dtype), jnp.diag(jnp.sqrt(p)).astype(g.dtype)
+    else:
+        rho = (v * p) @ v.conj().T
+        sqrt_rho = (v * jnp.sqrt(p)) @ v.conj().T
     return rho, sqrt_rho, log_z, entropy_from_eigenvalues(p), mean
+
+
+thermal_state = jax.custom_jvp(_thermal_state, nondiff_argnums=(2,))
+thermal_state.__doc__ = """Gibbs state of ``G`` at ``beta`` and its companions, with degeneracy-safe derivatives.
+
+Returns ``(rho, sqrt_rho, ln Z, S, <G>)`` with ``rho = exp(-beta G) / Z`` ``(d, d)``,
+``sqrt_rho = exp(-beta G / 2) / sqrt(Z)``, ``S = -Tr rho ln rho = ln Z + beta <G>``.
+``diagonal`` (static): ``G`` is diagonal, so its eigenbasis is the standard one and no ``eigh``
+is needed. Only the value is assumed diagonal; the tangent ``dG`` may be any Hermitian matrix.
+"""
 
 
 def _gibbs_weights(eps: Array, beta: Array) -> tuple[Array, Array, Array]:
@@ -284,14 +314,16 @@ def _expm1_ratio(y: Array) -> Array:
 
 
 @thermal_state.defjvp
-def _thermal_state_jvp(primals, tangents):
+def _thermal_state_jvp(diagonal, primals, tangents):
     (g, beta), (dg, dbeta) = primals, tangents
-    value = thermal_state(g, beta)
-    eps, v = _linalg.eigh(g)
+    value = thermal_state(g, beta, diagonal)
+    eps, v = _thermal_spectrum(g, diagonal)
     logits = -beta * eps
     p, _, mean = _gibbs_weights(eps, beta)
     sqrt_p = jnp.sqrt(p)
-    dg_eig = _linalg.adjoint(v) @ _linalg.hermitian_part(dg) @ v
+    dg_eig = _linalg.hermitian_part(dg)
+    if v is not None:
+        dg_eig = _linalg.adjoint(v) @ dg_eig @ v
     # Divided differences of p(x) = exp(-beta x - ln Z) on the spectrum, written around the larger
     # of the two weights so nothing overflows: (p_a - p_b) / (e_a - e_b) = -beta max(p) h(-|x_ab|),
     # h(y) = expm1(y) / y, x_ab = beta (e_b - e_a); the diagonal is p'(e_a) = -beta p_a.
@@ -308,7 +340,7 @@ def _thermal_state_jvp(primals, tangents):
     # dS = beta (d<G> - sum p deps) with the offset-sized terms cancelled analytically.
     dmean = jnp.sum(p * deps) + jnp.sum((eps - mean) * jnp.real(jnp.diagonal(drho_eig)))
     dentropy = beta * (dmean - jnp.sum(p * deps))
-    rotate = lambda m: (v @ m @ v.conj().T).astype(value[0].dtype)  # noqa: E731
+    rotate = lambda m: _from_thermal_basis(m, v).astype(value[0].dtype)  # noqa: E731
     return value, (rotate(drho_eig), rotate(dsqrt_eig), dlog_z, dentropy, dmean)
 
 

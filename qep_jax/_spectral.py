@@ -38,7 +38,8 @@ def product_factor_to_eigenbasis(spectrum: Spectrum, system_factor: Array, reser
     in the common dtype of the three.
 
     Contracting ``L`` into the rows of ``W`` first leaves ``r`` products of ``D x M`` by ``M x M``:
-    ``2 r D M^2`` flops instead of the ``2 r D^2 M`` of the dense Kronecker factor.
+    ``2 r D M^2`` flops instead of the ``2 r D^2 M`` of the dense Kronecker factor. A 1-D
+    ``reservoir_factor`` is the diagonal of a diagonal ``S``: the product is a scaling, ``r D M``.
     """
     dtype = jnp.result_type(spectrum.vectors, system_factor, reservoir_factor)
     w, system_factor, reservoir_factor = (m.astype(dtype) for m in (spectrum.vectors, system_factor,
@@ -47,7 +48,7 @@ def product_factor_to_eigenbasis(spectrum: Spectrum, system_factor: Array, reser
     m = reservoir_factor.shape[0]
     blocks = w.reshape(d_s, m, w.shape[-1])  # W_(iR)a
     y = jnp.einsum("ima,iq->qam", blocks.conj(), system_factor)  # sum_i conj(W_(im)a) L_iq
-    x = y @ reservoir_factor  # (r, D, M)
+    x = y * reservoir_factor if reservoir_factor.ndim == 1 else y @ reservoir_factor  # (r, D, M)
     # Column q M + n of L (x) S is column (q, n).
     return jnp.moveaxis(x, 0, 1).reshape(w.shape[-1], r * m)
 

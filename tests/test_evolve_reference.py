@@ -62,6 +62,8 @@ def computed(request):
     h_s, h_rs, betas, coupling, rho_s0, mus, number_ops = build(case, seed=hash(case.name) % 2**32)
     system = qep_jax.OpenSystem(h_s, h_rs, betas, coupling, rho_s0,
                                 chemical_potentials=mus, number_operators=number_ops)
+    # Diagonal reservoirs are found by inspection and take the path without their diagonalization.
+    assert system.diagonal_reservoirs == case.diagonal_reservoirs
     traj = qep_jax.evolve(system, TIMES, reservoir_entropies=True)
     ref = dense_reference(h_s, h_rs, betas, coupling, rho_s0, TIMES, mus=mus, number_ops=number_ops)
     return case, traj, ref
@@ -116,6 +118,18 @@ def test_identities(computed):
         assert np.all(traj.inter_reservoir_correlation >= -1e-12)
     # The reduced state is a density matrix.
     np.testing.assert_allclose(np.trace(traj.system_state, axis1=1, axis2=2), 1.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.diagonal_reservoirs], ids=lambda c: c.name)
+def test_diagonal_reservoir_path_equals_general_path(case):
+    h_s, h_rs, betas, coupling, rho_s0, mus, number_ops = build(case, seed=7)
+    args = (h_s, h_rs, betas, coupling, rho_s0)
+    kw = dict(chemical_potentials=mus, number_operators=number_ops)
+    fast = qep_jax.evolve(qep_jax.OpenSystem(*args, **kw), TIMES)
+    general = qep_jax.evolve(qep_jax.OpenSystem(*args, **kw, diagonal_reservoirs=False), TIMES)
+    for name, value in fast.fields().items():
+        if value is not None:
+            np.testing.assert_allclose(value, getattr(general, name), atol=1e-12, rtol=0, err_msg=name)
 
 
 def test_open_form_relation_eq27():

@@ -44,11 +44,33 @@ def test_valid_problem_builds():
         (dict(h_reservoirs=[]), "h_reservoirs is empty"),
         (dict(chemical_potentials=0.3), "chemical_potentials needs number_operators"),
         (dict(number_operators=[np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1.0]])]), "does not commute"),
+        (dict(h_reservoirs=np.ones((3, 3)), diagonal_reservoirs=True), "diagonal_reservoirs=True, but"),
+        (dict(diagonal_reservoirs="yes"), "diagonal_reservoirs='yes' must be True, False or None"),
     ],
 )
 def test_bad_open_system_input(overrides, pattern):
     with pytest.raises(qep_jax.InputError, match=pattern):
         make(**overrides)
+
+
+def test_diagonal_reservoirs_is_inspected_declared_and_kept_through_transformations():
+    import jax
+
+    assert make().diagonal_reservoirs is True
+    assert make(h_reservoirs=np.ones((3, 3))).diagonal_reservoirs is False
+    # Diagonal H_r but a non-diagonal N_r: the grand Hamiltonian's basis is not the standard one.
+    n_r = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    assert make(h_reservoirs=np.eye(3), number_operators=[n_r]).diagonal_reservoirs is False
+    assert make(diagonal_reservoirs=False).diagonal_reservoirs is False  # an opt-out is kept
+    # Static metadata (the pytree's aux data, not one of its 6 array leaves): kept through jit.
+    leaves, treedef = jax.tree_util.tree_flatten(make())
+    assert len(leaves) == 6 and jax.tree_util.tree_unflatten(treedef, leaves).diagonal_reservoirs is True
+    assert jax.jit(lambda s: s)(make()).diagonal_reservoirs is True
+    # Traced matrices cannot be inspected: False unless declared.
+    flags = []
+    jax.jit(lambda h: flags.append((make(h_reservoirs=h).diagonal_reservoirs,
+                                    make(h_reservoirs=h, diagonal_reservoirs=True).diagonal_reservoirs)))(H_R)
+    assert flags == [(False, True)]
 
 
 def test_bad_times():

@@ -124,6 +124,7 @@ class SpinGORM:
             betas=self.beta,
             coupling=self.coupling_strength * jnp.kron(sigma_x, coupling_matrix),
             rho_system=jnp.diag(jnp.array([1.0, 0.0], dtype)),
+            diagonal_reservoirs=True,  # equally spaced levels, diag by construction
         )
 
     def simulate(

@@ -110,6 +110,7 @@ class SpinTwoGORM:
             betas=jnp.stack([self.beta_hot, self.beta_cold]),
             coupling=self.coupling_strength * jnp.kron(sigma_x, bath),
             rho_system=jnp.diag(jnp.array([1.0, 0.0], dtype)),
+            diagonal_reservoirs=True,  # equally spaced levels, diag by construction
         )
 
     def simulate(self, key: Array, times, n_realizations: int, *, reservoir_entropies: bool = True,
