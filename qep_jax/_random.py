@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from ._linalg import written_out
 from ._open_system import InputError, check_count, is_int
 
 
@@ -40,21 +41,6 @@ def goe(key: Array, n: int, shape: tuple[int, ...] = (), dtype=None) -> Array:
     if not jnp.issubdtype(dtype, jnp.floating):
         # A complex dtype drew complex entries, and (A + A^T)/sqrt(2) was not Hermitian.
         raise InputError(f"dtype={dtype} must be a real floating dtype (the GOE is real symmetric).")
-    a = _written_out(jax.random.normal(key, shape + (n, n), dtype=dtype))
+    a = written_out(jax.random.normal(key, shape + (n, n), dtype=dtype))
     # (A + A^T)/sqrt(2): off-diagonal variance (1 + 1)/2 = 1, diagonal variance 4/2 = 2.
     return (a + jnp.swapaxes(a, -1, -2)) / jnp.sqrt(jnp.asarray(2.0, a.dtype))
-
-
-def _written_out(x: Array) -> Array:
-    """``x + 0`` (equal to ``x``; a ``-0.0`` becomes ``+0.0``), as the output of a reduction.
-
-    XLA fuses an elementwise producer into each of its consumers and evaluates it again for every
-    entry a consumer reads. The sampler behind ``jax.random.normal`` (an ``erf_inv`` per entry)
-    then ran again per entry of whatever the GOE matrix went into: per spin block of the
-    Hamiltonian's ``kron`` in ``SpinGORM`` (2.3 of 15.5 ms per realization at N = 200), N^2 times
-    per normal in ``SpinTwoGORM``'s ``kron(X_hot, 1) + kron(1, X_cold)`` (19.4-20.8 ms per
-    realization at N = 14 before, 15.7-17.0 after). XLA does not re-evaluate a reduction's
-    output, so summing with zeros writes the normals out once. ``lax.optimization_barrier`` does
-    not do this: XLA's CPU pipeline removes it before fusion.
-    """
-    return jnp.sum(jnp.stack([x, jnp.zeros_like(x)]), axis=0)

@@ -55,7 +55,9 @@ def product_factor_to_eigenbasis(spectrum: Spectrum, system_factor: Array, reser
 
 def _phases(energies: Array, t: Array) -> tuple[Array, Array]:
     angle = energies * t
-    return jnp.cos(angle), jnp.sin(angle)
+    # Written out once: XLA evaluated cos and sin again inside each of the four products using them.
+    both = _linalg.written_out(jnp.stack([jnp.cos(angle), jnp.sin(angle)]))
+    return both[0], both[1]
 
 
 def expectation_at(energies: Array, weights: Array, t: Array) -> Array:
