@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -54,8 +55,6 @@ def test_bad_open_system_input(overrides, pattern):
 
 
 def test_diagonal_reservoirs_is_inspected_declared_and_kept_through_transformations():
-    import jax
-
     assert make().diagonal_reservoirs is True
     assert make(h_reservoirs=np.ones((3, 3))).diagonal_reservoirs is False
     # Diagonal H_r but a non-diagonal N_r: the grand Hamiltonian's basis is not the standard one.
