@@ -220,7 +220,7 @@ def hint_blas_threads(dim: int, batch: int) -> None:
         f"are not spread over the {cores} cores. Set OPENBLAS_NUM_THREADS=1 (MKL_NUM_THREADS=1 for "
         "MKL) before Python starts "
         "(or call threadpoolctl.threadpool_limits(1, 'blas') on the main thread): SpinGORM.simulate "
-        "at N = 200 then ran 1.7x faster on 2 cores (the qep-jax command does this itself).",
+        "at N = 200 then ran 1.5x faster on 2 cores (the qep-jax command does this itself).",
         stacklevel=3,
     )
 
