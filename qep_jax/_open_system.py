@@ -267,6 +267,8 @@ def _diagonal_flag(declared, h_res, n_ops) -> bool:
     """The ``diagonal_reservoirs`` metadata: checked when concrete, trusted when declared for tracers."""
     if declared is not None and not isinstance(declared, (bool, np.bool_)):
         raise InputError(f"diagonal_reservoirs={declared!r} must be True, False or None (inspect).")
+    if declared is not None and not declared:
+        return False  # an opt-out needs no inspection
     mats = list(h_res) + list(n_ops or ())
     if not all(_is_concrete(m) for m in mats):
         return bool(declared)
@@ -276,7 +278,7 @@ def _diagonal_flag(declared, h_res, n_ops) -> bool:
             "diagonal_reservoirs=True, but a reservoir Hamiltonian or number operator has nonzero "
             "off-diagonal entries; pass diagonal_reservoirs=None to have it inspected."
         )
-    return diagonal if declared is None else bool(declared)
+    return diagonal
 
 
 def _validate(h_system, h_res, betas, coupling, rho_system, chemical_potentials, n_ops) -> None:

@@ -263,11 +263,6 @@ def _thermal_spectrum(g: Array, diagonal: bool) -> tuple[Array, Array | None]:
     return _linalg.eigh(g)
 
 
-def _from_thermal_basis(m: Array, v: Array | None) -> Array:
-    """``v m v^dag`` (``m`` itself for ``v = None``)."""
-    return m if v is None else v @ m @ v.conj().T
-
-
 def _thermal_state(g: Array, beta: Array, diagonal: bool) -> tuple[Array, Array, Array, Array, Array]:
     eps, v = _thermal_spectrum(g, diagonal)
     p, log_z, mean = _gibbs_weights(eps, beta)
@@ -340,7 +335,7 @@ def _thermal_state_jvp(diagonal, primals, tangents):
     # dS = beta (d<G> - sum p deps) with the offset-sized terms cancelled analytically.
     dmean = jnp.sum(p * deps) + jnp.sum((eps - mean) * jnp.real(jnp.diagonal(drho_eig)))
     dentropy = beta * (dmean - jnp.sum(p * deps))
-    rotate = lambda m: _from_thermal_basis(m, v).astype(value[0].dtype)  # noqa: E731
+    rotate = lambda m: (m if v is None else v @ m @ v.conj().T).astype(value[0].dtype)  # noqa: E731
     return value, (rotate(drho_eig), rotate(dsqrt_eig), dlog_z, dentropy, dmean)
 
 
