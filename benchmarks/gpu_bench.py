@@ -9,7 +9,10 @@ diagonalization that is timed, and of a single matrix), then times:
 
 * ``diagonalization``: GOE sampling + Hamiltonian + ``qep_jax.diagonalize`` for every realization,
   batched exactly as ``SpinGORM.simulate`` batches (``lax.map`` with ``batch_size``);
-* ``cheap set``: ``SpinGORM.simulate(..., reservoir_entropies=False)``.
+* ``cheap set``: ``SpinGORM.simulate(..., reservoir_entropies=False)``;
+* ``eigh_paths``: every implementation ``jax.lax.linalg.eigh`` offers (the platform's default,
+  ``QR``, ``JACOBI``) on the first ``--eigh-paths`` realizations' Hamiltonians, with the accuracy
+  of each result, so the run also says whether another kernel would diagonalize faster.
 
 The post-diagonalization work (basis changes + time points) is ``cheap - diagonalization``.
 FLOPs are counted analytically per realization (``D = 2N``):
@@ -94,6 +97,43 @@ def single_eigh_kernels(d: int) -> list[str]:
     return custom_calls(jax.jit(qep_jax.diagonalize).lower(spec).compile().as_text())
 
 
+# The eigh implementations jax.lax.linalg.eigh offers (None: XLA's default for the platform, the
+# kernel qep_jax uses off the CPU). Timed side by side so the one GPU run also says whether another
+# kernel would serve the target better.
+EIGH_PATHS = ("default", "QR", "JACOBI")
+
+
+def eigh_paths(hamiltonians, repeats: int) -> dict:
+    """Each :data:`EIGH_PATHS` entry on the same batch of Hamiltonians ``(k, D, D)``.
+
+    Per path: ``run_s_per_matrix``, ``first_s``, the ``custom_call_target`` names, and the float64
+    accuracy of the result: ``residual`` = max ``|H W - W diag(E)|`` / max ``|E|`` and
+    ``orthogonality`` = max ``|W^T W - 1|``. A path the platform does not offer records ``error``.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax.lax import linalg
+
+    k, d = hamiltonians.shape[0], hamiltonians.shape[-1]
+    out = {}
+    for name in EIGH_PATHS:
+        impl = None if name == "default" else linalg.EighImplementation[name]
+        fn = jax.jit(jax.vmap(lambda h, impl=impl: linalg.eigh(h, implementation=impl)))
+        try:
+            kernels = custom_calls(fn.lower(hamiltonians).compile().as_text())
+        except Exception as exc:  # noqa: BLE001 (e.g. JACOBI is not offered on the CPU)
+            out[name] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+            continue
+        (w, e), timing = _common.time_call(lambda fn=fn: fn(hamiltonians), repeats=repeats)
+        scale = jnp.max(jnp.abs(e))
+        residual = jnp.max(jnp.abs(hamiltonians @ w - w * e[:, None, :])) / scale
+        orthogonality = jnp.max(jnp.abs(jnp.swapaxes(w, -1, -2) @ w - jnp.eye(d, dtype=w.dtype)))
+        out[name] = {"kernels": kernels, "matrices": k, "run_s_per_matrix": timing["run_s"] / k,
+                     "first_s": timing["first_s"], "residual": float(residual),
+                     "orthogonality": float(orthogonality)}
+    return out
+
+
 def flops(n: int, n_times: int) -> dict:
     d = 2 * n
     # Basis changes: rho(0) from its pure-spin factor 1.5 D^3, the two rho_s pairs 2 D^3, <H_r> 3 D^3;
@@ -109,11 +149,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--t", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=None, help="realizations per batch (default: memory)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--eigh-paths", type=int, default=8, metavar="K",
+                        help="realizations on which every eigh implementation is timed (0: skip)")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes, allowed without a GPU")
     parser.add_argument("--out", type=Path, default=_common.RESULTS)
     args = parser.parse_args(argv)
     if args.dry_run:
         args.n, args.realizations, args.t = 8, 2, 5
+        args.eigh_paths = min(args.eigh_paths, 2)
 
     import jax
     import jax.numpy as jnp
@@ -196,6 +239,14 @@ def main(argv=None) -> dict:
           f"post-diagonalization {record['achieved_tflops']['basis_changes_and_time_points']} TFLOP/s, "
           f"peak FP64 (tensor, vector) {peak}, fraction of peak (tensor, vector) {fraction}, "
           f"dtype {record['dtype']}")
+    if args.eigh_paths > 0:
+        hs = jnp.stack([model.open_system(qep_jax.goe(jax.random.fold_in(key, i), n)).hamiltonian()
+                        for i in range(min(args.eigh_paths, r))])
+        record["eigh_paths"] = eigh_paths(hs, args.repeats)
+        for name, path in record["eigh_paths"].items():
+            print(f"eigh {name}: " + (path["error"] if "error" in path else
+                  f"{1e3 * path['run_s_per_matrix']:.3f} ms per matrix, kernels {path['kernels']}, "
+                  f"residual {path['residual']:.2e}, orthogonality {path['orthogonality']:.2e}"))
     _common.write_json(args.out / ("gpu_dry_run.json" if args.dry_run else "gpu.json"), record)
     return record
 

@@ -126,6 +126,11 @@ def test_gpu_bench_dry_run(tmp_path):
     assert (tmp_path / "gpu_dry_run.json").exists()
     assert record["dtype"]["entropy_production"] == "float64"
     assert set(record["fraction_of_peak_tensor_vector"]) == set(record["achieved_tflops"])
+    paths = record["eigh_paths"]
+    assert set(paths) == set(gpu.EIGH_PATHS)
+    offered = [p for p in paths.values() if "error" not in p]
+    assert paths["default"] in offered and paths["QR"] in offered
+    assert all(p["residual"] < 1e-12 and p["orthogonality"] < 1e-12 and p["run_s_per_matrix"] > 0 for p in offered)
     assert gpu.peak_for("NVIDIA H100 NVL") == (60.0, 30.0)  # not the SXM entry
     assert gpu.peak_for("NVIDIA H100 80GB HBM3") == (67.0, 34.0)
     import jax
