@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--t", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=None, help="realizations per batch (default: memory)")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--eigh-paths", type=int, default=8, metavar="K",
+    parser.add_argument("--eigh-paths", type=int, default=4, metavar="K",
                         help="realizations on which every eigh implementation is timed (0: skip)")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes, allowed without a GPU")
     parser.add_argument("--out", type=Path, default=_common.RESULTS)
