@@ -405,12 +405,26 @@ def _drive_jit(system, drives, protocol, *, static_protocol, n_steps, rank, chec
 # Public entry point: validation, then the jitted kernel.
 
 
-def _operator_stack(name: str, ops, dim: int, dtype) -> Array:
+def _as_operators(ops) -> tuple:
     if ops is None:
-        ops = ()
+        return ()
     if hasattr(ops, "ndim") and getattr(ops, "ndim") == 2:
-        ops = (ops,)
-    ops = tuple(ops)
+        return (ops,)
+    return tuple(ops)
+
+
+def _drive_dtype(system_dtype, *groups) -> np.dtype:
+    """The system's dtype, made complex (same precision) when a drive operator is complex.
+
+    Casting a complex drive such as sigma_y to a real system's dtype would drop its imaginary part
+    and silently propagate under another Hamiltonian.
+    """
+    if any(jnp.iscomplexobj(op) for ops in groups for op in ops):
+        return jnp.result_type(system_dtype, jnp.complex64)
+    return system_dtype
+
+
+def _operator_stack(name: str, ops: tuple, dim: int, dtype) -> Array:
     for j, op in enumerate(ops):
         if _is_concrete(op):
             arr = np.asarray(op)
@@ -487,7 +501,8 @@ def drive(
     if _is_concrete(open_system.betas) and not np.all(np.asarray(open_system.betas) > 0):
         raise InputError("betas must be > 0: the free energy F = U - T S needs a positive temperature.")
     d_s, total = open_system.system_dim, open_system.total_dim
-    dtype = open_system.coupling.dtype
+    system_drives, coupling_drives = _as_operators(system_drives), _as_operators(coupling_drives)
+    dtype = _drive_dtype(open_system.coupling.dtype, system_drives, coupling_drives)
     drives = _Drives(
         _operator_stack("system_drives", system_drives, d_s, dtype),
         _operator_stack("coupling_drives", coupling_drives, total, dtype),
