@@ -33,11 +33,10 @@ from ._evolve import (
 from ._interrupt import remember_ctrl_c
 from ._linalg import batch_eigh_workers, hint_blas_threads
 from ._open_system import InputError, is_int
-from ._random import goe
 from ._statistics import Moments, merge_all
 from ._trajectory import Trajectory
 from .models import SpinGORM
-from .models._spin_gorm import N_SERIES
+from .models._spin_gorm import N_SERIES, realization_matrix
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 # Auto chunking aims at about this many chunks, so progress and resume are fine-grained.
@@ -307,9 +306,7 @@ def _chunk_function(mesh: Mesh, n_levels: int, quantities: tuple, entropies: boo
 
     def local(model, key, times, indices):
         def one(i):
-            # Drawn at JAX's default float (float64 with x64) and then cast, so a float32 run uses
-            # the same GOE matrices as a float64 run and precisions can be compared realization-wise.
-            x = goe(jax.random.fold_in(key, i), n_levels).astype(model.dtype)
+            x = realization_matrix(key, i, n_levels, model.dtype)
             traj = _evolve_kernel(model.open_system(x), times, reservoir_entropies=entropies,
                                   time_batch_size=time_batch, system_rank=1)
             return {q: QUANTITIES[q].extract(traj) for q in quantities}
@@ -433,6 +430,8 @@ def run_ensemble(
     warn_if_float32(dtype)
     times = np.asarray(check_times(times), dtype=dtype)
     devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise InputError("devices is empty; pass None for all of JAX's devices, or a list such as jax.devices()[:1].")
     n_dev = len(devices)
     plan = check_memory(model, times.shape[0], n_realizations, quantities, keep_realizations, chunk_size,
                         memory_budget, n_dev)
@@ -516,7 +515,7 @@ def run_ensemble(
 
 def run_parameters(model: SpinGORM, times, n_realizations, seed, quantities, keep_realizations) -> dict:
     """Everything that determines a run's numbers, as JSON-friendly Python scalars and lists."""
-    return {
+    params = {
         "model": "spin_gorm",
         "n_levels": int(model.n_levels),
         "delta": float(model.delta),
@@ -529,6 +528,11 @@ def run_parameters(model: SpinGORM, times, n_realizations, seed, quantities, kee
         "precision": precision_name(model.dtype),
         "keep_realizations": bool(keep_realizations),
     }
+    if params["precision"] == "float32":
+        # Its matrices are float64 draws rounded with x64 on, float32 draws without (realization_matrix):
+        # a run must not resume under the other setting.
+        params["goe_draw"] = precision_name(jnp.result_type(float))
+    return params
 
 
 def with_precision(model: SpinGORM, precision: str) -> SpinGORM:

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from ._ensemble import QUANTITIES, ChunkResult, EnsembleResult, run_ensemble, run_parameters
+from ._evolve import check_times
 from ._open_system import InputError
 from ._statistics import Moments
 
@@ -449,8 +450,8 @@ def run_to_file(
         raise OutputError(f"output directory {directory} does not exist; create it or choose another --output.")
     if os.path.isdir(output):
         raise OutputError(f"output {output} is a directory; give a file name such as {os.path.join(output, 'qep_run.h5')}.")
-    params = run_parameters(model, np.asarray(times, dtype=model.dtype), n_realizations, seed, quantities,
-                            keep_realizations)
+    times = np.asarray(check_times(times), dtype=model.dtype)  # a scalar time becomes (1,), as in run_ensemble
+    params = run_parameters(model, times, n_realizations, seed, quantities, keep_realizations)
     store = PartStore(output, params, report)
     remove_stale_temporaries(output, report)
     if os.path.exists(output) and not overwrite:

@@ -113,6 +113,40 @@ def test_bad_arguments(model):
         run_ensemble(model, TIMES, 2, seed=-1)
 
 
+def test_more_bad_arguments(model, tmp_path):
+    with pytest.raises(qep_jax.InputError, match="devices is empty"):
+        run_ensemble(model, TIMES, 2, devices=[])
+    # A scalar time is one time point in run_to_file as in run_ensemble (it used to raise a TypeError).
+    result, _ = run_to_file(model, 5.0, 2, str(tmp_path / "scalar.h5"), seed=SEED, quantities=QUANTITIES)
+    expected = run_ensemble(model, [5.0], 2, seed=SEED, quantities=QUANTITIES)
+    np.testing.assert_allclose(result.mean["heat"], expected.mean["heat"], atol=TOL)
+
+
+def test_float32_realizations_are_the_float64_matrices_rounded(tmp_path):
+    """simulate and the runner draw realization i alike (float64 draw, then cast), and a float32 run
+    records which draw it used, so a parts directory of the other x64 setting is not resumed."""
+    model32 = qep_jax.SpinGORM(N, np.float32(0.1), np.float32(0.3), np.float32(10.0))
+    with pytest.warns(UserWarning, match="float32"):
+        traj = model32.simulate(jax.random.key(SEED), TIMES, 3, reservoir_entropies=False)
+        runner = run_ensemble(model32, TIMES, 3, seed=SEED, quantities=QUANTITIES, keep_realizations=True,
+                              chunk_size=2)
+    assert traj.entropy_production.dtype == np.float32
+    np.testing.assert_allclose(runner.series["entropy_production"], traj.entropy_production, atol=1e-6)
+    x64 = qep_jax.goe(jax.random.fold_in(jax.random.key(SEED), 2), N)
+    from qep_jax.models._spin_gorm import realization_matrix
+
+    np.testing.assert_array_equal(realization_matrix(jax.random.key(SEED), 2, N, np.float32),
+                                  np.asarray(x64).astype(np.float32))
+    # The x64 setting decides the draw of a float32 run; it is part of the run's parameters.
+    out = str(tmp_path / "f32.h5")
+    with pytest.warns(UserWarning, match="float32"), jax.enable_x64(False):
+        with pytest.raises(_Interrupt):
+            run_to_file(model32, TIMES, 4, out, seed=SEED, quantities=QUANTITIES, chunk_size=2,
+                        progress=_interrupt_after(2))
+    with pytest.raises(OutputError, match="goe_draw float32 -> float64"):  # refused before any run
+        run_to_file(model32, TIMES, 4, out, seed=SEED, quantities=QUANTITIES, chunk_size=2)
+
+
 def _file_content(path):
     with h5py.File(path, "r") as f:
         data = {name: f[name][()] for name in f}

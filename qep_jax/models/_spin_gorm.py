@@ -139,7 +139,7 @@ class SpinGORM:
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         first_realization: int = 0,
     ) -> Trajectory:
-        """Evolve ``n_realizations`` independent realizations; realization ``i`` uses ``goe(fold_in(key, i))``.
+        """Evolve ``n_realizations`` independent realizations; realization ``i`` uses :func:`realization_matrix`.
 
         Realizations are processed ``batch_size`` at a time (``jax.lax.map``), so memory is bounded
         by the batch, not by ``n_realizations``; results do not depend on the batch size.
@@ -195,12 +195,22 @@ class SpinGORM:
         )
 
 
+def realization_matrix(key: Array, index, n_levels: int, dtype) -> Array:
+    """The GOE matrix ``(N, N)`` of realization ``index``: ``goe(fold_in(key, index), N)`` drawn at
+    JAX's default float, then cast to ``dtype``.
+
+    With x64 on, a float32 run thus uses the float64 run's matrices rounded, and the precisions
+    compare realization by realization. ``simulate`` and the ensemble runner share this definition.
+    """
+    return goe(jax.random.fold_in(key, index), n_levels).astype(dtype)
+
+
 @functools.partial(
     jax.jit, static_argnames=("n_realizations", "reservoir_entropies", "batch_size", "time_batch_size")
 )
 def _simulate_jit(model, key, times, first, *, n_realizations, reservoir_entropies, batch_size, time_batch_size):
     def one(i):
-        x = goe(jax.random.fold_in(key, i), model.n_levels, dtype=model.dtype)
+        x = realization_matrix(key, i, model.n_levels, model.dtype)
         return _evolve_kernel(
             model.open_system(x), times, reservoir_entropies=reservoir_entropies,
             time_batch_size=time_batch_size, system_rank=1, checkpoint=True,

@@ -85,7 +85,9 @@ class SpinTwoGORM:
     def draw(self, key: Array) -> tuple[Array, Array]:
         """The two GOE matrices ``(x_hot, x_cold)``, each ``(N, N)``, of the realization with key ``key``."""
         k_hot, k_cold = jax.random.split(key)
-        return goe(k_hot, self.n_levels, dtype=self.dtype), goe(k_cold, self.n_levels, dtype=self.dtype)
+        # Drawn at JAX's default float and cast, as SpinGORM's realization_matrix: a float32 run uses
+        # the float64 run's matrices rounded.
+        return goe(k_hot, self.n_levels).astype(self.dtype), goe(k_cold, self.n_levels).astype(self.dtype)
 
     def open_system(self, x_hot: Array, x_cold: Array) -> OpenSystem:
         """The problem description for one pair of GOE matrices, each ``(N, N)``."""
