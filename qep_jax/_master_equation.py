@@ -39,14 +39,23 @@ def _check_model(model) -> None:
                          "(the shell formulas assume the spin fits twice into the unit band).")
 
 
-def _band_fraction(beta: Array, w: Array) -> Array:
-    """``F(w) = (e^{b/2} - e^{-b/2} e^{b w}) / (e^{b/2} - e^{-b/2})`` for ``0 <= w <= 1``, overflow-safe."""
-    # Multiply numerator and denominator by e^{-b/2}: F = (1 - e^{-b (1 - w)}) / (1 - e^{-b}) (b may be
-    # negative). Near b = 0 its Taylor form (1 - w)(1 + b w / 2) + O(b^2), which keeps d/db right.
+def _band_pair(beta: Array, w: Array) -> tuple[Array, Array]:
+    """``(F(w), e^{-b w} F(w))`` for ``0 <= w <= 1``: ``a(w)`` and ``a(-w)`` over the prefactor, overflow-free.
+
+    ``F(w) = (e^{b/2} - e^{-b/2} e^{b w}) / (e^{b/2} - e^{-b/2})``. With ``c = |b|`` and
+    ``R = expm1(-c (1 - w)) / expm1(-c)`` (every exponent <= 0) the pair is ``(R, e^{-c w} R)`` for
+    ``b >= 0`` and ``(e^{-c w} R, R)`` for ``b < 0``: a negative temperature mirrors the spectrum.
+    (The form ``(1 - e^{-b(1-w)}) / (1 - e^{-b})`` overflowed to 0 or NaN for ``b < -709``.) Near
+    ``b = 0`` the Taylor form ``F = (1 - w)(1 + b w / 2) + O(b^2)`` keeps ``d/db`` right.
+    """
     small = jnp.abs(beta) < 1e-8
-    safe_beta = jnp.where(small, 1.0, beta)
-    ratio = jnp.expm1(-safe_beta * (1.0 - w)) / jnp.expm1(-safe_beta)
-    return jnp.where(small, (1.0 - w) * (1.0 + beta * w / 2), ratio)
+    c = jnp.where(small, 1.0, jnp.abs(beta))
+    ratio = jnp.expm1(-c * (1.0 - w)) / jnp.expm1(-c)
+    boltzmann = jnp.exp(-c * w)
+    positive = jnp.where(beta >= 0, ratio, boltzmann * ratio)
+    negative = jnp.where(beta >= 0, boltzmann * ratio, ratio)
+    taylor = (1.0 - w) * (1.0 + beta * w / 2)
+    return jnp.where(small, taylor, positive), jnp.where(small, jnp.exp(-beta * w) * taylor, negative)
 
 
 def reservoir_spectrum(frequencies, beta, *, prefactor=SPECTRUM_PREFACTOR) -> Array:
@@ -76,9 +85,8 @@ def reservoir_spectrum(frequencies, beta, *, prefactor=SPECTRUM_PREFACTOR) -> Ar
     beta = jnp.asarray(beta, dtype=w.dtype)
     magnitude = jnp.abs(w)
     inside = magnitude <= 1.0
-    positive = prefactor * _band_fraction(beta, jnp.clip(magnitude, 0.0, 1.0))
-    value = jnp.where(w >= 0, positive, jnp.exp(-beta * magnitude) * positive)
-    return jnp.where(inside, value, 0.0)
+    positive, negative = _band_pair(beta, jnp.clip(magnitude, 0.0, 1.0))
+    return jnp.where(inside, prefactor * jnp.where(w >= 0, positive, negative), 0.0)
 
 
 def reservoir_spectrum_lines(energies, coupling_matrix, beta) -> tuple[Array, Array]:

@@ -49,6 +49,25 @@ def test_spectrum_closed_form_against_direct_formula():
     np.testing.assert_allclose(reservoir_spectrum(jnp.asarray(w), beta), direct, rtol=1e-12, atol=1e-16)
 
 
+@pytest.mark.parametrize("beta", [-1000.0, -750.0, -20.0, 20.0, 750.0, 1000.0])
+def test_spectrum_at_extreme_temperatures_against_high_precision_arithmetic(beta):
+    """|beta| past ln(max float) = 709: the closed form in double precision overflows; its value does not."""
+    import decimal
+
+    decimal.getcontext().prec = 1000  # e^{|beta|/2} ~ 1e217 cancels at w = +-1
+    b = decimal.Decimal(beta)
+
+    def a(w):  # the docstring's formula, with a(-w) = e^{-beta w} a(w), in 1000-digit decimals
+        x = decimal.Decimal(abs(w))
+        f = ((b / 2).exp() - (-b / 2).exp() * (b * x).exp()) / ((b / 2).exp() - (-b / 2).exp()) / 8
+        return float(f if w >= 0 else (-b * x).exp() * f)
+
+    w = [0.0, 0.1, 0.5, 0.9, 1.0, -0.1, -0.5, -0.9, -1.0]
+    np.testing.assert_allclose(reservoir_spectrum(jnp.asarray(w), beta), [a(x) for x in w], rtol=1e-12, atol=1e-300)
+    rates = qep_jax.redfield_rates(0.1, 0.1, beta)
+    assert np.isfinite([rates.up, rates.down, rates.relaxation]).all() and float(rates.relaxation) > 7e-3
+
+
 def test_lines_detailed_balance_and_trace(key):
     n, beta = 30, 3.0
     e = jnp.linspace(-0.5, 0.5, n)
