@@ -69,11 +69,19 @@ def check_density_matrix(name: str, value: np.ndarray) -> None:
     trace = complex(np.trace(value))
     if abs(trace - 1.0) > tol:
         raise InputError(f"{name} has trace {trace.real:.12g}, expected 1; divide it by its trace.")
-    lowest = float(np.linalg.eigvalsh((value + value.conj().T) / 2)[0])
+    # NumPy's eigvalsh has no half-precision kernel; float16 entries are exact in float32.
+    lowest = float(np.linalg.eigvalsh(((value + value.conj().T) / 2).astype(np.result_type(value, np.float32)))[0])
     if lowest < -tol:
         raise InputError(
             f"{name} has a negative eigenvalue {lowest:.3g}; a density matrix must be positive semidefinite."
         )
+
+
+def check_precision(dtype, what: str) -> None:
+    """Refuse half precision (float16, bfloat16): JAX's eigh has no kernel for it, and it failed deep inside."""
+    if jnp.finfo(dtype).bits < 32:
+        raise InputError(f"{what} have dtype {jnp.dtype(dtype).name}, which qep_jax does not support; give float32 "
+                         f"(complex64) or float64 (complex128) values.")
 
 
 def _real_dtype(value: np.ndarray):
@@ -178,6 +186,7 @@ class OpenSystem:
         if n_ops is not None:
             leaves.extend(n_ops)
         dtype = jnp.result_type(*[jnp.asarray(x).dtype for x in leaves], float)
+        check_precision(dtype, "the OpenSystem's inputs")
         if all(_is_concrete(x) for x in leaves):
             _validate(h_system, h_res, betas, coupling, rho_system, chemical_potentials, n_ops)
 

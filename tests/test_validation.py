@@ -24,6 +24,9 @@ def make(**overrides):
 def test_valid_problem_builds():
     system = make()
     assert system.dims == (2, 3) and system.total_dim == 6 and system.n_reservoirs == 1
+    # Half-precision matrices with a float beta are promoted (validation used to fail in NumPy's eigvalsh).
+    half = make(h_system=H_S.astype(np.float16), rho_system=RHO.astype(np.float16))
+    assert half.rho_system.dtype == jnp.result_type(float)
 
 
 @pytest.mark.parametrize(
@@ -47,6 +50,8 @@ def test_valid_problem_builds():
         (dict(number_operators=[np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1.0]])]), "does not commute"),
         (dict(h_reservoirs=np.ones((3, 3)), diagonal_reservoirs=True), "diagonal_reservoirs=True, but"),
         (dict(diagonal_reservoirs="yes"), "diagonal_reservoirs='yes' must be True, False or None"),
+        (dict(h_system=H_S.astype(np.float16), h_reservoirs=H_R.astype(np.float16), coupling=V.astype(np.float16),
+              rho_system=RHO.astype(np.float16), betas=np.float16(2.0)), "dtype float16, which qep_jax does not support"),
     ],
 )
 def test_bad_open_system_input(overrides, pattern):
@@ -91,6 +96,8 @@ def test_bad_model_input(key):
         qep_jax.SpinGORM(4, np.nan, 0.1, 10.0)
     with pytest.raises(qep_jax.InputError, match="beta=.* must be a real scalar"):
         qep_jax.SpinGORM(4, 0.1, 0.1, [1.0, 2.0])
+    with pytest.raises(qep_jax.InputError, match="dtype float16, which qep_jax does not support"):
+        qep_jax.SpinGORM(4, np.float16(0.1), np.float16(0.1), np.float16(10.0))
     model = qep_jax.SpinGORM(4, 0.1, 0.1, 10.0)
     with pytest.raises(qep_jax.InputError, match=r"x has shape \(3, 3\), expected \(4, 4\)"):
         model.open_system(np.eye(3))

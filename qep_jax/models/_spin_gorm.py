@@ -18,7 +18,8 @@ from .._evolve import (
     warn_if_float32,
 )
 from .._linalg import hint_blas_threads
-from .._open_system import InputError, OpenSystem, _is_concrete, check_count, check_finite, check_hermitian, is_int
+from .._open_system import (InputError, OpenSystem, _is_concrete, check_count, check_finite, check_hermitian,
+                             check_precision, is_int)
 from .._propagator_rules import n_series_observables
 from .._random import goe
 from .._trajectory import Trajectory
@@ -77,6 +78,7 @@ class SpinGORM:
         # Python numbers take JAX's default float; NumPy/JAX float32 scalars keep float32.
         for name, value in params.items():
             object.__setattr__(self, name, jnp.asarray(value, dtype=jnp.result_type(value, float)))
+        check_precision(self.dtype, "delta, coupling_strength and beta")
 
     def __setattr__(self, name, value):
         raise AttributeError("SpinGORM is immutable; build a new one.")
