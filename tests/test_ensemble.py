@@ -102,6 +102,9 @@ def test_memory_refusal_says_what_would_fit(model):
         run_ensemble(qep_jax.SpinGORM(60, 0.1, 0.1, 10.0), TIMES, 2, memory_budget=300_000)
     with pytest.raises(qep_jax.InputError, match=r"chunk_size <= \d+"):
         _run(model, chunk_size=5, memory_budget=60_000)
+    # A chunk_size beyond the run is clamped to it, so only the run's R realizations must fit.
+    big = _run(model, chunk_size=10**7)
+    np.testing.assert_allclose(big.mean["heat"], _run(model, chunk_size=R).mean["heat"], atol=TOL)
 
 
 def test_bad_arguments(model):
