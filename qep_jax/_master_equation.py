@@ -17,7 +17,7 @@ from jax import Array
 
 from ._entropy import von_neumann_entropy
 from ._evolve import check_times
-from ._open_system import InputError, _is_concrete
+from ._open_system import InputError, _is_concrete, check_density_matrix, check_finite
 from ._propagator_rules import _gibbs_weights
 from .models._spin_gorm import SpinGORM
 
@@ -228,8 +228,11 @@ def redfield_state(times, delta, coupling_strength, beta, rho_system0, *, prefac
     """
     times = check_times(times)
     rho0 = jnp.asarray(rho_system0)
-    if _is_concrete(rho0) and rho0.shape != (2, 2):
-        raise InputError(f"rho_system0 has shape {rho0.shape}, expected (2, 2).")
+    if _is_concrete(rho0):
+        if rho0.shape != (2, 2):
+            raise InputError(f"rho_system0 has shape {rho0.shape}, expected (2, 2).")
+        check_finite("rho_system0", np.asarray(rho0))
+        check_density_matrix("rho_system0", np.asarray(rho0))
     rates = redfield_rates(delta, coupling_strength, beta, prefactor=prefactor)
     p_eq = (1 + rates.sigma_z_eq) / 2  # = up / (up + down), also where both rates vanish
     decay = jnp.exp(-rates.relaxation * times)

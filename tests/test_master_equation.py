@@ -111,6 +111,10 @@ def test_redfield_rates_and_state():
     np.testing.assert_allclose(rho[:, 1, 1].real, p_eq + (0.3 - p_eq) * np.exp(-g * np.asarray(times)), rtol=1e-12)
     np.testing.assert_allclose(rho[:, 1, 0], (0.2 + 0.1j) * np.exp(-(g / 2 + 0.1j) * np.asarray(times)), rtol=1e-12)
     np.testing.assert_allclose(np.trace(rho, axis1=1, axis2=2), 1.0, rtol=1e-12)
+    for bad, pattern in ((rho0 * 2, "trace"), (jnp.array([[0.5, 0.2], [0.0, 0.5]]), "not Hermitian"),
+                         (jnp.diag(jnp.array([1.5, -0.5])), "negative eigenvalue"), (rho0.at[0, 0].set(jnp.nan), "NaN")):
+        with pytest.raises(qep_jax.InputError, match=f"rho_system0 .*{pattern}|rho_system0 {pattern}"):
+            redfield_state(times, 0.1, 0.1, 10.0, bad)
 
 
 def test_redfield_state_keeps_a_real_coherence_under_jit():
