@@ -564,8 +564,9 @@ class LandauerBounds(NamedTuple):
     """Lower bounds on the heat ``-Q = <H_r>_t - <H_r>_0`` given to the reservoir when ``S_s`` drops by ``dS_erased``.
 
     landauer: ``dS_erased / beta``.
-    reeb_wolf: ``(dS + 2 dS^2 / (ln^2(d - 1) + 4)) / beta`` for ``dS >= 0`` (Reeb & Wolf 2014,
-        Theorem 6 with ``N = ln^2(d-1)/4 + 1``; dimension ``d`` only); ``dS / beta`` for ``dS < 0``.
+    reeb_wolf: ``(dS + 2 dS^2 / (ln^2(d - 1) + 4)) / beta`` for ``dS >= 0`` and ``d >= 3`` (Reeb & Wolf 2014,
+        Theorem 6 with ``N = ln^2(d-1)/4 + 1``; dimension ``d`` only); ``dS / beta`` for ``dS < 0`` and,
+        conservatively, for a two-level reservoir (``d = 2``), where the quadratic term is not applied.
     spectral: minimum of ``<H_r>_sigma - <H_r>_eq`` over reservoir states with
         ``S(sigma) >= S(rho_r^eq) + dS`` (a Gibbs state at ``beta' <= beta``), which the equality
         ``beta(-Q) = dS + I(s':r') + D(rho_r' || rho_r^eq)`` implies for this ``H_r``; ``inf`` if no
