@@ -156,6 +156,8 @@ def _times(text):
 def _quantities(text):
     from ._ensemble import QUANTITIES
 
+    if isinstance(text, list) and not all(isinstance(q, str) for q in text):
+        raise argparse.ArgumentTypeError(f"{text!r} must list quantity names as strings, e.g. [\"heat\", \"entropy_production\"]")
     names = [q.strip() for q in (text if isinstance(text, list) else str(text).split(",")) if q.strip()]
     bad = [q for q in names if q not in QUANTITIES]
     if bad or not names:
@@ -259,10 +261,25 @@ def _settings(args) -> dict:
     if isinstance(settings["memory_budget"], str):
         settings["memory_budget"] = parse_bytes(settings["memory_budget"])
     # Range checks sit in the converters, so a bad value is named by its flag or config key.
-    if settings["times"] is None:
-        import numpy as np
+    import numpy as np
 
+    from ._io import check_output_path
+
+    check_output_path(settings["output"])
+    if settings["times"] is None:
+        grid_bytes = 8 * settings["n_times"]
+        if grid_bytes > settings["memory_budget"]:  # before the grid is built: it used to raise MemoryError
+            raise UsageError(f"--n-times {settings['n_times']}: the time grid alone needs {grid_bytes:.3g} bytes, more "
+                             f"than --memory-budget; lower --n-times.")
         settings["times"] = list(np.linspace(0.0, settings["t_max"], settings["n_times"]))
+    if settings["precision"] == "float32":
+        # The run stores its times in its precision: times distinct in float64 may coincide there.
+        t32 = np.asarray(settings["times"], np.float32)
+        same = np.flatnonzero(np.diff(t32) <= 0)
+        if same.size:
+            i = int(same[0])
+            raise UsageError(f"times {settings['times'][i]!r} and {settings['times'][i + 1]!r} are the same number in "
+                             f"float32 (--precision float32); space the times further apart or use float64.")
     settings["figure"] = _figure_path(settings)
     return settings
 
@@ -302,6 +319,17 @@ def _figure_path(s: dict) -> str | None:
         problem = f"unknown figure format .{extension}" if extension else "no extension to choose the format"
         raise UsageError(f"--figure {figure}: {problem}; end it in one of "
                          f"{', '.join('.' + f for f in sorted(formats))} (or pass --no-figure).")
+    try:  # some formats need tools of their own (.pgf: LaTeX); find out before the run, not after it
+        import io
+
+        from matplotlib.figure import Figure
+
+        probe = Figure(figsize=(1, 1))
+        probe.add_subplot().set_title("t")
+        probe.savefig(io.BytesIO(), format=extension)
+    except Exception as err:  # noqa: BLE001 (matplotlib raises several kinds)
+        raise UsageError(f"--figure {figure}: matplotlib cannot write .{extension} here ({err}); choose another "
+                         f"format such as .png, or pass --no-figure.") from None
     directory = os.path.dirname(os.path.abspath(figure))
     if not os.path.isdir(directory):
         raise UsageError(f"--figure {figure}: directory {directory} does not exist; create it or choose another "
@@ -317,6 +345,7 @@ class _Progress:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
+        self.calls = 0
         self.start = None
         self.first_done = 0
 
@@ -324,9 +353,12 @@ class _Progress:
         if not self.enabled:
             return
         now = time.perf_counter()
-        if self.start is None:
+        self.calls += 1
+        # The clock starts when the first chunk is done: that chunk includes the compilation, and
+        # counting it made the early rates several times too low and the ETAs too long.
+        if self.calls == 2:
             self.start, self.first_done = now, done
-        elapsed = now - self.start
+        elapsed = now - self.start if self.start is not None else 0.0
         rate = (done - self.first_done) / elapsed if elapsed > 0 and done > self.first_done else 0.0
         eta = f"{(total - done) / rate:5.0f} s" if rate > 0 else "   ? s"
         width = 30
@@ -490,7 +522,15 @@ def _run(args) -> int:
             runtime = time.perf_counter() - t0
             ctrl_c.check()
             if s["figure"]:
-                _figure(result, s["figure"])
+                try:
+                    _figure(result, s["figure"])
+                except KeyboardInterrupt:
+                    raise
+                except Exception as err:  # noqa: BLE001 (the run is saved; say so instead of a traceback)
+                    print(f"qep-jax: error: the figure {s['figure']} could not be written ({err}); the run is "
+                          f"complete in {s['output']}: rerun with another --figure or --no-figure (nothing is "
+                          f"recomputed).", file=sys.stderr)
+                    return 1
             ctrl_c.check()
     except KeyboardInterrupt as err:
         sys.stderr.write("\n" + _interrupt_message(err, s, stage["step"]) + "\n")

@@ -420,6 +420,17 @@ def load_run(path: str) -> EnsembleResult:
         raise OutputError(f"cannot read {path} as a qep_jax run file ({err}); it is damaged or not a run file.") from None
 
 
+def check_output_path(output: str) -> None:
+    """Refuse an output that cannot become the run file, before anything is computed."""
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory):
+        raise OutputError(f"output directory {directory} does not exist; create it or choose another --output.")
+    # "newdir/" named a file in the current directory for dirname(abspath()); its parts went into
+    # newdir/.parts and the final rename failed after the whole run.
+    if os.path.isdir(output) or output.endswith(tuple(filter(None, (os.sep, os.altsep)))):
+        raise OutputError(f"output {output} is a directory; give a file name such as {os.path.join(output, 'qep_run.h5')}.")
+
+
 def run_to_file(
     model,
     times,
@@ -445,11 +456,7 @@ def run_to_file(
     from ._ensemble import DEFAULT_QUANTITIES, check_quantities
 
     quantities = check_quantities(DEFAULT_QUANTITIES if quantities is None else quantities)
-    directory = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(directory):
-        raise OutputError(f"output directory {directory} does not exist; create it or choose another --output.")
-    if os.path.isdir(output):
-        raise OutputError(f"output {output} is a directory; give a file name such as {os.path.join(output, 'qep_run.h5')}.")
+    check_output_path(output)
     times = np.asarray(check_times(times), dtype=model.dtype)  # a scalar time becomes (1,), as in run_ensemble
     params = run_parameters(model, times, n_realizations, seed, quantities, keep_realizations)
     store = PartStore(output, params, report)

@@ -121,6 +121,11 @@ def test_float32_and_explicit_figure_path(tmp_path, monkeypatch, capsys):
         (["run", "--realizations", "100000000", "--keep-realizations"], "--keep-realizations holds 100000000"),
         (["run", "--chunk-size", "100000", "--memory-budget", "64MiB"], "--chunk-size <="),
         (["run", "--n-levels", "100000000"], "--n-levels <="),
+        (["run", "--n-times", "100000000000"], "the time grid alone needs"),  # was a MemoryError traceback
+        # Equal in float32: the file's time axis had duplicates.
+        (["run", "--precision", "float32", "--times", "0,1,1.00000001"], "are the same number in float32"),
+        # A trailing separator: the parts went into newdir/.parts and the final rename failed after the run.
+        (["run", "--output", "newdir/"], "is a directory"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -187,6 +192,7 @@ def test_config_errors_name_the_config_key(tmp_path, monkeypatch, capsys):
         ("times", "times = [0, 0, 10]\n", "times = [0, 0, 10]: "),
         ("output", "output = true\n", "output = True: True is true/false"),  # wrote a file 'True'
         ("figure", "figure = true\n", "figure = True:"),
+        ("quantities", "quantities = [1]\n", "quantities = [1]: [1] must list quantity names as strings"),
     ):
         (tmp_path / f"{name}.toml").write_text(text)
         code, _, err = _main(["run", "--config", f"{name}.toml"], capsys)
@@ -345,14 +351,47 @@ def test_ctrl_c_in_a_real_process_exits_130(tmp_path):
     assert "nothing was kept" in proc.stderr or "realizations are kept" in proc.stderr, proc.stderr[-2000:]
 
 
-def test_progress_bar_only_on_terminal(capsys):
+def test_progress_bar_only_on_terminal(capsys, monkeypatch):
     bar = _cli._Progress(enabled=True)
     bar(0, 4)
     bar(4, 4)
     assert "4/4 realizations" in capsys.readouterr().err
+    # The rate starts after the first chunk, which includes the compilation (10 s here).
+    clock = iter([0.0, 10.0, 11.0])
+    monkeypatch.setattr(_cli.time, "perf_counter", lambda: next(clock))
+    bar = _cli._Progress(enabled=True)
+    for done in (0, 2, 4):
+        bar(done, 6)
+    assert "4/6 realizations   2.00/s  ETA     1 s" in capsys.readouterr().err
     quiet = _cli._Progress(enabled=False)
     quiet(4, 4)
     assert capsys.readouterr().err == ""
+
+
+def test_figure_that_cannot_be_written(tmp_path, monkeypatch, capsys):
+    """A format matplotlib lists but cannot write here (.pgf without LaTeX) is refused before the run; a
+    figure that fails after the run says the run is saved, without a traceback."""
+    monkeypatch.chdir(tmp_path)
+    from matplotlib.figure import Figure
+
+    save = Figure.savefig
+
+    def savefig(self, fname, *args, **kwargs):
+        if kwargs.get("format") == "pgf" or str(fname).endswith(".pgf"):
+            raise RuntimeError("'xelatex' not found")
+        return save(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    code, _, err = _main(["run", *SMALL, "--figure", "f.pgf"], capsys)
+    assert code == 2 and "cannot write .pgf here ('xelatex' not found)" in err and os.listdir(tmp_path) == []
+
+    def broken(result, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_cli, "_figure", broken)
+    code, _, err = _main(["run", *SMALL], capsys)
+    assert code == 1 and "could not be written" in err and "run is complete in qep_run.h5" in err
+    assert "Traceback" not in err and load_run("qep_run.h5").parameters["n_realizations"] == 5
 
 
 def test_info_and_module_entry_point(tmp_path):
