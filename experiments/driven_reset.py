@@ -96,16 +96,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny grid, few iterations (smoke test)")
     parser.add_argument("--seed", type=int, default=2014)
-    parser.add_argument("--n-train", type=int, default=24, help="training realizations (one vmapped batch)")
-    parser.add_argument("--n-test", type=int, default=32, help="held-out evaluation realizations")
-    parser.add_argument("--iterations", type=int, default=80, help="Adam steps per (N, tau)")
+    parser.add_argument("--n-train", type=int, default=None,
+                        help="training realizations (one vmapped batch); default 24, 4 with --quick")
+    parser.add_argument("--n-test", type=int, default=None, help="held-out evaluation realizations; default 32, 8 with --quick")
+    parser.add_argument("--iterations", type=int, default=None, help="Adam steps per (N, tau); default 80, 5 with --quick")
     parser.add_argument("--out-dir", default=None, help="where to write the results (default experiments/results)")
     args = parser.parse_args()
+    # --quick shrinks the grid and the defaults; sizes given explicitly apply in both modes.
     if args.quick:
-        levels, taus, n_train, n_test, iterations, n_steps = (8,), (10.0,), 4, 8, 5, 32
+        levels, taus, n_steps, defaults = (8,), (10.0,), 32, (4, 8, 5)
     else:
-        levels, taus, n_steps = (8, 16), (5.0, 20.0), 48
-        n_train, n_test, iterations = args.n_train, args.n_test, args.iterations
+        levels, taus, n_steps, defaults = (8, 16), (5.0, 20.0), 48, (24, 32, 80)
+    n_train, n_test, iterations = (d if v is None else v
+                                   for v, d in zip((args.n_train, args.n_test, args.iterations), defaults))
+    warmup = min(WARMUP, iterations // 2)
     key = jax.random.key(args.seed)
     train_ids = 10_000 + np.arange(n_train)  # disjoint from the evaluation realizations 0..n_test-1
     started = time.time()
@@ -131,7 +135,7 @@ def main():
             (_, excited_linear), _ = loss_grad(coefficients, tau_arr, 1.0)
             # Warm-up then cosine decay: a constant 0.05 threw the tau = 20 runs into a worse basin in the
             # first steps (training loss up 20%, never recovered); small late steps settle the iterate.
-            schedule = optax.warmup_cosine_decay_schedule(0.0, LEARNING_RATE[0], min(WARMUP, iterations // 2), iterations,
+            schedule = optax.warmup_cosine_decay_schedule(0.0, LEARNING_RATE[0], warmup, iterations,
                                                           end_value=LEARNING_RATE[1])
             optimizer = optax.adam(schedule)
             state = optimizer.init(coefficients)
@@ -198,7 +202,7 @@ def main():
     summary = dict(
         parameters=dict(beta=BETA, coupling_strength=COUPLING, delta_end=DELTA_END, n_modes=N_MODES,
                         n_train=n_train, n_test=n_test, iterations=iterations, n_steps=n_steps,
-                        optimizer=f"optax.adam(warmup_cosine_decay_schedule(0, {LEARNING_RATE[0]}, {WARMUP}, iterations, end_value={LEARNING_RATE[1]})); best training iterate", penalty=PENALTY, seed=args.seed, levels=list(levels), taus=list(taus)),
+                        optimizer=f"optax.adam(warmup_cosine_decay_schedule(0, {LEARNING_RATE[0]}, {warmup}, iterations, end_value={LEARNING_RATE[1]})); best training iterate", penalty=PENALTY, seed=args.seed, levels=list(levels), taus=list(taus)),
         checks=dict(
             max_abs_eq24_residual="consistency check: |W - dF - T D_iS|; both sides are built from the same "
                                   "energies and entropies (qep_jax/_driven.py), so it holds by algebra up to rounding",

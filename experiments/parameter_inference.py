@@ -100,9 +100,9 @@ def main():
         history.append([float(value), *map(float, params)])
         updates, state = optimizer.update(grad, state, params)
         params = optax.apply_updates(params, updates)
-        if step % 25 == 0:
-            print(f"step {step:4d}  loss {float(value):12.4f}  lambda {float(params[0]):.5f}  "
-                  f"Delta {float(params[1]):.5f}", flush=True)
+        if step % 25 == 0:  # the loss with the parameters it was evaluated at (before this step's update)
+            print(f"step {step:4d}  loss {history[-1][0]:12.4f}  lambda {history[-1][1]:.5f}  "
+                  f"Delta {history[-1][2]:.5f}", flush=True)
     final_loss = float(loss(params))
     history.append([final_loss, *map(float, params)])
     optimise_s = time.perf_counter() - t0
