@@ -196,9 +196,18 @@ def auto_time_batch_size(dims, n_times, system_rank, n_observables, itemsize, re
 
 
 def check_times(times, dtype=None) -> Array:
-    """Validate a time grid: 1-D, finite, real; returns it as a JAX array of the real ``dtype``."""
+    """Validate a time grid: 1-D, finite, real; returns it as a JAX array of the real ``dtype``.
+
+    A traced grid (jit, vmap) is checked by what its tracer knows, its shape and type: a scalar
+    becomes ``(1,)`` as a concrete one does, instead of failing inside the kernel.
+    """
     if not _is_concrete(times):
-        return times
+        if jnp.iscomplexobj(times):
+            raise InputError("times must be finite real numbers.")
+        times = jnp.atleast_1d(times)
+        if times.ndim != 1 or times.shape[0] == 0:
+            raise InputError(f"times must be a non-empty 1-D array of time points, got shape {times.shape}.")
+        return times.astype(dtype or jnp.result_type(float))
     arr = np.asarray(times)
     if arr.ndim == 0:
         arr = arr[None]

@@ -94,7 +94,10 @@ def _real_dtype(value: np.ndarray):
 
 
 def _as_matrix_tuple(name: str, value: Any) -> tuple[Any, ...]:
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(row, (list, tuple)) and all(np.isscalar(v) for v in row) for row in value):
+        items = (np.asarray(value),)  # one matrix written as nested lists, as h_system accepts
+    elif isinstance(value, (list, tuple)):
         items = tuple(value)
     else:
         arr = value if hasattr(value, "ndim") else np.asarray(value)
@@ -141,8 +144,9 @@ class OpenSystem:
             (models whose reservoirs are diagonal by construction do). A declared ``True`` that
             concrete matrices contradict raises :class:`InputError`.
 
-    Construction with concrete arrays validates every argument and raises :class:`InputError`
-    naming the argument. Pytree unflattening (under ``jit``/``vmap``) skips validation.
+    Construction validates every concrete argument (and each relation between concrete ones) and
+    raises :class:`InputError` naming the argument; traced arguments are skipped one by one. Pytree
+    unflattening (under ``jit``/``vmap``) skips validation.
 
     Example:
         >>> import jax.numpy as jnp, qep_jax
@@ -185,23 +189,32 @@ class OpenSystem:
             leaves.append(chemical_potentials)
         if n_ops is not None:
             leaves.extend(n_ops)
-        dtype = jnp.result_type(*[jnp.asarray(x).dtype for x in leaves], float)
+        # The leaves' dtypes as JAX would make them, without converting (1e39 overflowed float32 here).
+        dtype = jnp.result_type(*[jax.dtypes.canonicalize_dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
+                                  for x in leaves], float)
         check_precision(dtype, "the OpenSystem's inputs")
-        if all(_is_concrete(x) for x in leaves):
-            _validate(h_system, h_res, betas, coupling, rho_system, chemical_potentials, n_ops)
+        _validate(h_system, h_res, betas, coupling, rho_system, chemical_potentials, n_ops)
 
-        def conv(x):
-            return jnp.asarray(x, dtype=dtype)
+        def conv(x, name, to=dtype):
+            # Finite in the caller's precision, it may overflow in a narrower one (1e39 in float32).
+            if _is_concrete(x) and np.finfo(_real_dtype(x)).bits > jnp.finfo(to).bits:
+                largest = float(np.max(np.abs(np.asarray(x)), initial=0.0))
+                if largest > float(jnp.finfo(to).max):
+                    raise InputError(f"{name} overflows {jnp.dtype(to).name} (|entries| up to {largest:.3g}); "
+                                     f"rescale it or enable float64 (jax.config.update('jax_enable_x64', True)).")
+            return jnp.asarray(x, dtype=to)
 
         real = jnp.finfo(dtype).dtype
-        object.__setattr__(self, "h_system", conv(h_system))
-        object.__setattr__(self, "h_reservoirs", tuple(conv(h) for h in h_res))
-        object.__setattr__(self, "betas", jnp.broadcast_to(jnp.asarray(betas, real), (n_res,)))
-        object.__setattr__(self, "coupling", conv(coupling))
-        object.__setattr__(self, "rho_system", conv(rho_system))
+        object.__setattr__(self, "h_system", conv(h_system, "h_system"))
+        object.__setattr__(self, "h_reservoirs", tuple(conv(h, f"h_reservoirs[{r}]") for r, h in enumerate(h_res)))
+        object.__setattr__(self, "betas", jnp.broadcast_to(conv(betas, "betas", real), (n_res,)))
+        object.__setattr__(self, "coupling", conv(coupling, "coupling"))
+        object.__setattr__(self, "rho_system", conv(rho_system, "rho_system"))
         mus = jnp.zeros((n_res,), real) if chemical_potentials is None else chemical_potentials
-        object.__setattr__(self, "chemical_potentials", jnp.broadcast_to(jnp.asarray(mus, real), (n_res,)))
-        object.__setattr__(self, "number_operators", None if n_ops is None else tuple(conv(n) for n in n_ops))
+        object.__setattr__(self, "chemical_potentials",
+                           jnp.broadcast_to(conv(mus, "chemical_potentials", real), (n_res,)))
+        object.__setattr__(self, "number_operators",
+                           None if n_ops is None else tuple(conv(n, f"number_operators[{r}]") for r, n in enumerate(n_ops)))
         object.__setattr__(self, "diagonal_reservoirs", _diagonal_flag(diagonal_reservoirs, h_res, n_ops))
 
     def __setattr__(self, name, value):
@@ -291,57 +304,63 @@ def _diagonal_flag(declared, h_res, n_ops) -> bool:
 
 
 def _validate(h_system, h_res, betas, coupling, rho_system, chemical_potentials, n_ops) -> None:
-    hs = np.asarray(h_system)
-    check_square("h_system", hs)
-    check_finite("h_system", hs)
-    check_hermitian("h_system", hs)
-    d_s = hs.shape[0]
-    dims = [d_s]
-    for r, h in enumerate(h_res):
-        h = np.asarray(h)
-        name = f"h_reservoirs[{r}]"
-        check_square(name, h)
-        check_finite(name, h)
-        check_hermitian(name, h)
-        dims.append(h.shape[0])
+    """Every check whose arguments are concrete. A traced argument (jit, grad, vmap) is skipped on its
+    own: one traced beta used to switch off the checks of every concrete matrix as well."""
+
+    def matrix(name, x, dim=None):
+        if not _is_concrete(x):
+            return None
+        a = np.asarray(x)
+        check_square(name, a, dim)
+        check_finite(name, a)
+        check_hermitian(name, a)
+        return a
+
+    hs = matrix("h_system", h_system)
+    hr = [matrix(f"h_reservoirs[{r}]", h) for r, h in enumerate(h_res)]
     n_res = len(h_res)
-    b = np.asarray(betas, dtype=float) if np.isrealobj(np.asarray(betas)) else None
-    if b is None:
-        raise InputError("betas must be real inverse temperatures.")
-    if b.ndim > 1 or (b.ndim == 1 and b.shape[0] != n_res):
-        raise InputError(f"betas has shape {b.shape}, expected a scalar or ({n_res},), one per reservoir.")
-    check_finite("betas", b)
-    total = math.prod(dims)
-    v = np.asarray(coupling)
-    if v.shape != (total, total):
-        raise InputError(
-            f"coupling has shape {v.shape}, expected ({total}, {total}) = system {d_s} x reservoirs "
-            f"{tuple(dims[1:])} in the order s (x) r_1 (x) ... (x) r_K (d_s from h_system, d_r from "
-            f"h_reservoirs); fix whichever of h_system, h_reservoirs and coupling has the wrong size."
-        )
-    check_finite("coupling", v)
-    check_hermitian("coupling", v)
-    rho = np.asarray(rho_system)
-    check_square("rho_system", rho, d_s)
-    check_finite("rho_system", rho)
-    check_density_matrix("rho_system", rho)
+    if _is_concrete(betas):
+        b = np.asarray(betas, dtype=float) if np.isrealobj(np.asarray(betas)) else None
+        if b is None:
+            raise InputError("betas must be real inverse temperatures.")
+        if b.ndim > 1 or (b.ndim == 1 and b.shape[0] != n_res):
+            raise InputError(f"betas has shape {b.shape}, expected a scalar or ({n_res},), one per reservoir.")
+        check_finite("betas", b)
+    dims = [None if a is None else a.shape[0] for a in [hs] + hr]
+    v = matrix("coupling", coupling) if _is_concrete(coupling) and None in dims else None
+    if _is_concrete(coupling) and None not in dims:
+        total = math.prod(dims)
+        v = np.asarray(coupling)
+        if v.shape != (total, total):
+            raise InputError(
+                f"coupling has shape {v.shape}, expected ({total}, {total}) = system {dims[0]} x reservoirs "
+                f"{tuple(dims[1:])} in the order s (x) r_1 (x) ... (x) r_K (d_s from h_system, d_r from "
+                f"h_reservoirs); fix whichever of h_system, h_reservoirs and coupling has the wrong size."
+            )
+        check_finite("coupling", v)
+        check_hermitian("coupling", v)
+    if _is_concrete(rho_system):
+        rho = np.asarray(rho_system)
+        check_square("rho_system", rho, dims[0])
+        check_finite("rho_system", rho)
+        check_density_matrix("rho_system", rho)
     if chemical_potentials is not None:
-        mu = np.asarray(chemical_potentials)
-        if not np.isrealobj(mu) or mu.ndim > 1 or (mu.ndim == 1 and mu.shape[0] != n_res):
-            raise InputError(f"chemical_potentials must be real with shape () or ({n_res},), got {mu.shape}.")
-        check_finite("chemical_potentials", mu)
+        if _is_concrete(chemical_potentials):
+            mu = np.asarray(chemical_potentials)
+            if not np.isrealobj(mu) or mu.ndim > 1 or (mu.ndim == 1 and mu.shape[0] != n_res):
+                raise InputError(f"chemical_potentials must be real with shape () or ({n_res},), got {mu.shape}.")
+            check_finite("chemical_potentials", mu)
         if n_ops is None:
             raise InputError("chemical_potentials needs number_operators (one N_r per reservoir).")
     if n_ops is not None:
         if len(n_ops) != n_res:
             raise InputError(f"number_operators has {len(n_ops)} entries, expected {n_res}, one per reservoir.")
         for r, n in enumerate(n_ops):
-            n = np.asarray(n)
             name = f"number_operators[{r}]"
-            check_square(name, n, dims[r + 1])
-            check_finite(name, n)
-            check_hermitian(name, n)
-            h = np.asarray(h_res[r])
+            n = matrix(name, n, dims[r + 1])
+            h = hr[r]
+            if n is None or h is None:
+                continue
             comm = float(np.max(np.abs(h @ n - n @ h), initial=0.0))
             scale = max(1.0, float(np.max(np.abs(h))) * float(np.max(np.abs(n), initial=1.0)))
             if comm > _tolerance(_real_dtype(h)) * scale * dims[r + 1]:

@@ -87,6 +87,40 @@ def test_bad_times():
         qep_jax.evolve(system, [0.0, 1.0], time_batch_size=0)
     with pytest.raises(qep_jax.InputError, match="open_system must be"):
         qep_jax.evolve("not a system", [0.0])
+    # Traced grids: a scalar is one time point as when concrete (it raised IndexError); 2-D is refused.
+    d_is = lambda t: qep_jax.evolve(system, t, reservoir_entropies=False).entropy_production  # noqa: E731
+    np.testing.assert_allclose(jax.jit(d_is)(1.5), d_is(1.5), atol=1e-14)
+    np.testing.assert_allclose(jax.vmap(d_is)(jnp.array([1.5, 2.0]))[:, 0], [d_is(1.5)[0], d_is(2.0)[0]], atol=1e-14)
+    with pytest.raises(qep_jax.InputError, match="times must be a non-empty 1-D"):
+        jax.jit(d_is)(jnp.zeros((2, 2)))
+
+
+def test_concrete_arguments_are_checked_when_others_are_traced():
+    """One traced argument (here beta under jit) used to switch off every check of the concrete ones."""
+    for overrides, pattern in ((dict(rho_system=np.diag([1.5, 0.5])), "rho_system has trace"),
+                               (dict(coupling=V + 0.3 * np.triu(np.ones((6, 6)), 1)), "coupling is not Hermitian"),
+                               (dict(rho_system=np.diag([1.3, -0.3])), "negative eigenvalue"),
+                               (dict(coupling=np.zeros((4, 4))), r"coupling has shape \(4, 4\)")):
+        with pytest.raises(qep_jax.InputError, match=pattern):
+            jax.jit(lambda b: make(betas=b, **overrides).betas)(2.0)
+    grad = jax.grad(lambda b: qep_jax.evolve(make(betas=b), [1.0], reservoir_entropies=False).heat[0, 0])(2.0)
+    assert np.isfinite(grad)  # valid arguments still differentiate
+
+
+def test_values_that_overflow_the_working_precision():
+    """Finite in float64, infinite in float32 (x64 off): refused instead of NaN results."""
+    with jax.enable_x64(False):
+        with pytest.raises(qep_jax.InputError, match="betas overflows float32"):
+            make(betas=1e39)
+        with pytest.raises(qep_jax.InputError, match="h_system overflows float32"):
+            make(h_system=1e39 * H_S)
+        assert make(betas=1e30).betas.dtype == np.float32
+
+
+def test_one_reservoir_as_nested_lists():
+    nested = make(h_reservoirs=[[-0.5, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.5]])
+    assert nested.dims == (2, 3) and nested.n_reservoirs == 1
+    np.testing.assert_array_equal(nested.h_reservoirs[0], H_R)
 
 
 def test_bad_model_input(key):
