@@ -162,7 +162,7 @@ def _quantities(text):
     bad = [q for q in names if q not in QUANTITIES]
     if bad or not names:
         raise argparse.ArgumentTypeError(f"unknown quantity {bad[0] if bad else '(none)'!r}; choose from {','.join(QUANTITIES)}")
-    return names
+    return list(dict.fromkeys(names))  # a repeated name is one quantity (the memory check counted it twice)
 
 
 def _quantities_help() -> str:
@@ -376,7 +376,8 @@ def _summary(result, runtime: float, output: str, figure: str | None, already: b
     lines = [
         f"spin-GORM ensemble: N={p['n_levels']} Delta={p['delta']:g} lambda={p['coupling_strength']:g} "
         f"beta={p['beta']:g}, {p['n_realizations']} realizations, seed {p['seed']}, {p['precision']}",
-        f"final values at t = {result.times[-1]:g} (mean +- standard error; hbar = k_B = 1):",
+        f"final values at t = {result.times[-1]:g} (mean +- standard error; hbar = k_B = 1"
+        + ("; one realization has no standard error: nan" if p["n_realizations"] == 1 else "") + "):",
     ]
     width = max(len(q) for q in result.mean) + 6
     for q in result.mean:

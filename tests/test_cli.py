@@ -368,6 +368,13 @@ def test_progress_bar_only_on_terminal(capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
+def test_one_realization_and_repeated_quantities(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert _cli._quantities("heat,heat,entropy_production") == ["heat", "entropy_production"]
+    code, out, _ = _main(["run", *SMALL[:6], "--realizations", "1", "--quantities", "heat,heat", "--no-figure"], capsys)
+    assert code == 0 and "one realization has no standard error: nan" in out and out.count("heat[r=0]") == 1
+
+
 def test_figure_that_cannot_be_written(tmp_path, monkeypatch, capsys):
     """A format matplotlib lists but cannot write here (.pgf without LaTeX) is refused before the run; a
     figure that fails after the run says the run is saved, without a traceback."""
