@@ -467,6 +467,15 @@ def run_to_file(
         except OutputError as err:
             raise OutputError(f"{err} Pass --overwrite to replace it, or choose another --output.") from None
         if parameters_hash(existing.parameters) == store.hash:
+            # Parts of this very run (an interrupted --overwrite of it) are redundant next to the
+            # finished output; they used to stay behind.
+            try:
+                same = store.exists() and (store.read_manifest() or {}).get("parameters_hash") == store.hash
+            except OutputError:
+                same = False  # a damaged manifest is left for the user to see
+            if same:
+                store.remove()
+                report(f"removed {store.directory}: {output} already holds the finished run.")
             return existing, True
         raise OutputError(
             f"{output} holds a run with different parameters ({_differences(existing.parameters, params)}); "

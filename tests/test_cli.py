@@ -275,6 +275,14 @@ def test_overwrite_interrupted_keeps_old_output_and_resumes(tmp_path, monkeypatc
     assert load_run("qep_run.h5").parameters["seed"] == 7
     code, out, err = _main(["run", *new], capsys)
     assert code == 0 and "2 resumed" in out and load_run("qep_run.h5").parameters["seed"] == 8
+    # An interrupted --overwrite of the same run, then a plain rerun: its parts are redundant and go.
+    with monkeypatch.context() as m:
+        m.setattr(_cli, "_Progress", lambda enabled: stop)
+        assert _main(["run", *new], capsys)[0] == 130
+    assert os.path.isdir("qep_run.h5.parts")
+    code, out, err = _main(["run", *new[:-1]], capsys)
+    assert code == 0 and "already holds this run" in out and "removed qep_run.h5.parts" in err
+    assert not os.path.exists("qep_run.h5.parts")
 
 
 class _DropsCtrlC:
