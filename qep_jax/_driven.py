@@ -354,23 +354,46 @@ def _thermodynamics(system, times, controls, series: _Series, work_integral):
     )
 
 
+def _state_fingerprint(obj) -> tuple:
+    """The values an object holds (instance attributes, ``duration``, ``n_controls``) as hashable data.
+
+    Arrays enter by dtype, shape and bytes, anything else by ``repr``.
+    """
+    state = dict(getattr(obj, "__dict__", {}))
+    for name in [n for cls in type(obj).__mro__ for n in getattr(cls, "__slots__", ())] + ["duration", "n_controls"]:
+        if hasattr(obj, name):
+            state[name] = getattr(obj, name)
+    out = []
+    for name in sorted(state):
+        leaves, treedef = jax.tree_util.tree_flatten(state[name])
+        values = tuple((a.dtype.str, a.shape, a.tobytes()) if isinstance(a, np.ndarray) else repr(a)
+                       for a in (np.asarray(x) if isinstance(x, (jax.Array, np.ndarray, np.generic)) else x
+                                 for x in leaves))
+        out.append((name, str(treedef), values))
+    return tuple(out)
+
+
 class _StaticProtocol:
     """A protocol that is not a pytree of arrays, passed to ``jax.jit`` as a static argument.
 
-    Hashed and compared by identity: the compiled kernel is reused for the same object and its
-    parameters are compile-time constants (no gradient flows to them).
+    Hashed and compared by identity and by the values it holds when the call is made: the compiled
+    kernel is reused for the same unchanged object, and its parameters are compile-time constants
+    (no gradient flows to them). An object mutated between calls compiles again; identity alone had
+    returned the old parameters' trajectory.
     """
 
-    __slots__ = ("protocol",)
+    __slots__ = ("protocol", "state")
 
     def __init__(self, protocol):
         self.protocol = protocol
+        self.state = _state_fingerprint(protocol)
 
     def __hash__(self):
-        return id(self.protocol)
+        return hash((id(self.protocol), self.state))
 
     def __eq__(self, other):
-        return isinstance(other, _StaticProtocol) and other.protocol is self.protocol
+        return (isinstance(other, _StaticProtocol) and other.protocol is self.protocol
+                and other.state == self.state)
 
 
 def _is_array_pytree(protocol) -> bool:

@@ -574,6 +574,13 @@ def test_plain_object_smooth_protocol(problem):
     with pytest.raises(InputError, match="duration"):
         bad = type("NoDuration", (), {"n_controls": 2, "values": _PlainRamp.values, "rates": _PlainRamp.rates})()
         qep_jax.drive(problem["system"], bad, **kwargs)
+    # The same object mutated between calls: the new parameters count (identity alone gave the old run).
+    plain = _PlainRamp(0.3)
+    first = qep_jax.drive(problem["system"], plain, **kwargs).work[-1]
+    plain.slope = 1.5
+    np.testing.assert_allclose(qep_jax.drive(problem["system"], plain, **kwargs).work[-1],
+                               qep_jax.drive(problem["system"], _PlainRamp(1.5), **kwargs).work[-1], atol=1e-12)
+    assert abs(first - qep_jax.drive(problem["system"], plain, **kwargs).work[-1]) > 1e-3
 
 
 def test_registered_custom_protocol_is_differentiable(problem):
