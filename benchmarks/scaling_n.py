@@ -79,10 +79,11 @@ def _peer_pairs(rows: list[dict], ours_suffix: str):
 
     The label is the route's peer with its variant, if any (``qutip-conserved`` for
     ``qutip-full-conserved``)."""
-    ok = {(r["route"], r["n"]): r for r in rows if "error" not in r}
-    for (route, n), r in sorted(ok.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    # Keyed by T too: merged runs may hold one route at several T, and a peer must meet qep_jax at its own.
+    ok = {(r["route"], r["n"], r["t"]): r for r in rows if "error" not in r}
+    for (route, n, t), r in sorted(ok.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
         peer, which, variant = route_parts(route)
-        ours = ok.get((f"ours-{which}{ours_suffix}", n))
+        ours = ok.get((f"ours-{which}{ours_suffix}", n, t))
         if peer in PEERS and ours is not None:
             yield r, f"{peer}-{variant}" if variant else peer, ours
 
