@@ -327,8 +327,9 @@ def _validate(h_system, h_res, betas, coupling, rho_system, chemical_potentials,
             raise InputError(f"betas has shape {b.shape}, expected a scalar or ({n_res},), one per reservoir.")
         check_finite("betas", b)
     dims = [None if a is None else a.shape[0] for a in [hs] + hr]
-    v = matrix("coupling", coupling) if _is_concrete(coupling) and None in dims else None
-    if _is_concrete(coupling) and None not in dims:
+    if _is_concrete(coupling) and None in dims:  # its expected shape is unknown: the checks of its own
+        matrix("coupling", coupling)
+    elif _is_concrete(coupling):
         total = math.prod(dims)
         v = np.asarray(coupling)
         if v.shape != (total, total):
