@@ -95,20 +95,26 @@ def _von_neumann_entropy_jvp(primals, tangents):
 def _log_divided_difference(mu: Array) -> Array:
     """``L_ij = (ln mu_i - ln mu_j) / (mu_i - mu_j)``, ``1 / mu_i`` on the diagonal; ``(..., n) -> (..., n, n)``.
 
-    Written as ``log1p(u) / (u mu_j)`` with ``u = mu_i / mu_j - 1`` and a series for small ``u``,
-    so close but unequal eigenvalues do not cancel catastrophically. Entries with a non-positive
-    eigenvalue are set to zero (outside the support the logarithm is clipped, see module doc).
+    Written as ``log1p(v) / (v m)`` with ``m`` the smaller of the two, ``v = M / m - 1 >= 0`` (``M`` the
+    larger) and a series for small ``v``, so close but unequal eigenvalues do not cancel
+    catastrophically, and ``L`` is symmetric by construction. (With ``u = mu_i / mu_j - 1`` for every
+    pair, ``log1p`` of ``u`` near -1 (``mu_i << mu_j``) kept only ``eps mu_j / mu_i`` of relative
+    accuracy: 2.5e-5 at a ratio of 1e-14.) Entries with a non-positive eigenvalue are set to zero
+    (outside the support the logarithm is clipped, see module doc).
     """
     x = mu[..., :, None]
     y = mu[..., None, :]
     valid = (x > 0) & (y > 0)
-    y_safe = jnp.where(valid, y, 1.0)
-    u = jnp.where(valid, (x - y) / y_safe, 0.0)
-    small = jnp.abs(u) < 1e-4
-    u_big = jnp.where(small, 1.0, u)
-    series = 1.0 - u / 2 + u**2 / 3 - u**3 / 4
-    ratio = jnp.where(small, series, jnp.log1p(u_big) / u_big)
-    return jnp.where(valid, ratio / y_safe, 0.0)
+    big = jnp.where(valid, jnp.maximum(x, y), 1.0)
+    low = jnp.where(valid, jnp.minimum(x, y), 1.0)
+    v = big / low - 1.0
+    small = v < 1e-4
+    huge = v > 1e300  # M / m beyond float range: the plain difference quotient has no cancellation there
+    v_mid = jnp.where(small | huge, 1.0, v)
+    series = 1.0 - v / 2 + v**2 / 3 - v**3 / 4
+    ratio = jnp.where(small, series, jnp.log1p(v_mid) / v_mid) / low
+    direct = (jnp.log(big) - jnp.log(low)) / jnp.where(huge, big - low, 1.0)
+    return jnp.where(valid, jnp.where(huge, direct, ratio), 0.0)
 
 
 def _log_argument(mu: Array) -> Array:
@@ -153,6 +159,8 @@ def _logm_hermitian(a: Array) -> Array:
 @_logm_hermitian.defjvp
 def _logm_hermitian_jvp(primals, tangents):
     (a,), (da,) = primals, tangents
+    # The value depends on herm(a) only (eigh reads it so); so must the tangent.
+    da = _linalg.hermitian_part(da)
     mu, w = _linalg.eigh(a)
     mu = _log_argument(mu)
     value = jnp.einsum("...ij,...j,...kj->...ik", w, jnp.log(mu), w.conj())

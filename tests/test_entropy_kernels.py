@@ -123,6 +123,37 @@ def test_logm_derivative_matches_finite_differences():
     np.testing.assert_allclose(tangent, fd, atol=1e-7)
 
 
+def test_logm_derivative_along_a_non_hermitian_direction():
+    """logm reads herm(a) (eigh does), so its tangent along d is the one along herm(d); the JVP used d
+    itself (non-Hermitian tangent, and a wrong jax.grad w.r.t. one matrix entry)."""
+    rng = np.random.default_rng(8)
+    a = jnp.asarray(random_density_matrix(rng, 3, real=True) + 0.05 * np.eye(3))
+    e01 = jnp.zeros((3, 3)).at[0, 1].set(1.0)
+    _, along = jax.jvp(qep_jax.logm_hermitian, (a,), (e01,))
+    _, along_herm = jax.jvp(qep_jax.logm_hermitian, (a,), ((e01 + e01.T) / 2,))
+    np.testing.assert_allclose(along, along_herm, atol=1e-14)
+    entry = lambda m: qep_jax.logm_hermitian(m)[0, 2]  # noqa: E731
+    fd = (entry(a + 1e-6 * e01) - entry(a - 1e-6 * e01)) / 2e-6  # the value sees herm(a + h e01)
+    assert abs(float(jax.grad(entry)(a)[0, 1]) - float(fd)) < 1e-7
+
+
+@pytest.mark.parametrize("ratio", [1e-3, 1e-10, 1e-14, 1.0 - 1e-6, 1.0 + 1e-9])
+def test_log_divided_difference_against_50_digit_arithmetic(ratio):
+    """(ln x - ln y) / (x - y) for eigenvalues far apart (the log1p form lost eps y/x there, 2.5e-5 at
+    1e-14, and was asymmetric) and close together (where the plain quotient would cancel)."""
+    import decimal
+
+    from qep_jax._entropy import _log_divided_difference
+
+    decimal.getcontext().prec = 50
+    x, y = ratio * 0.6, 0.6
+    dx, dy = decimal.Decimal(x), decimal.Decimal(y)
+    exact = float((dx.ln() - dy.ln()) / (dx - dy))
+    got = np.asarray(_log_divided_difference(jnp.array([x, y])))
+    np.testing.assert_allclose([got[0, 1], got[1, 0]], exact, rtol=1e-14)
+    np.testing.assert_allclose(np.diag(got), [1 / x, 1 / y], rtol=1e-15)
+
+
 def test_entropy_gradient_finite_at_pure_state():
     rho = jnp.asarray(np.diag([1.0, 0.0, 0.0]))
     grad = jax.grad(qep_jax.von_neumann_entropy)(rho)
