@@ -379,6 +379,10 @@ def test_spectral_bound_is_minimum_over_random_states():
 def test_input_errors(problem):
     system, a = problem["system"], problem["a"]
     good = PiecewiseConstant(np.ones(3), np.zeros((3, 1)))
+    # Python lists are arrays too (jnp.result_type raised a TypeError on them).
+    listed = PiecewiseConstant([1.0, 1.0, 1.0], [[0.0], [0.0], [0.0]])
+    np.testing.assert_array_equal(listed.switching_times(), good.switching_times())
+    np.testing.assert_allclose(FourierRamp(2.0, [0.0], [1.0], [[0.0]]).values(1.0), [0.5], atol=1e-15)
     with pytest.raises(InputError, match="durations"):
         PiecewiseConstant(np.array([1.0, -1.0]), np.zeros((2, 1)))
     with pytest.raises(InputError, match="rows"):

@@ -10,7 +10,7 @@ from jax import Array
 
 from .._open_system import InputError, check_count
 from ._piecewise_constant import PiecewiseConstant
-from ._validate import positive, real_array, register_frozen
+from ._validate import positive, real_array, register_frozen, sequences_as_arrays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,7 @@ class FourierRamp:
     coefficients: Array
 
     def __post_init__(self):
+        sequences_as_arrays(self, ("duration", "start", "end", "coefficients"))
         real_array("duration", self.duration, 0)
         positive("duration", self.duration)
         real_array("start", self.start, 1)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from .._open_system import InputError
-from ._validate import nonnegative, real_array, register_frozen
+from ._validate import nonnegative, real_array, register_frozen, sequences_as_arrays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,7 @@ class PiecewiseConstant:
     values: Array
 
     def __post_init__(self):
+        sequences_as_arrays(self, ("durations", "values"))
         real_array("durations", self.durations, 1)
         nonnegative("durations", self.durations)
         real_array("values", self.values, 2)

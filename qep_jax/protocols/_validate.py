@@ -30,6 +30,15 @@ def nonnegative(name: str, value) -> None:
         raise InputError(f"{name} must be >= 0, got {np.asarray(value)!r}.")
 
 
+def sequences_as_arrays(obj, fields: tuple[str, ...]) -> None:
+    """Python lists and tuples among a frozen dataclass's fields become NumPy arrays (JAX's
+    ``result_type`` does not take a list: ``PiecewiseConstant([0.5], [[1.0]])`` raised a TypeError)."""
+    for name in fields:
+        value = getattr(obj, name)
+        if isinstance(value, (list, tuple)):
+            object.__setattr__(obj, name, np.asarray(value))
+
+
 def register_frozen(cls, fields: tuple[str, ...]):
     """Register a frozen dataclass as a pytree whose unflattening skips ``__post_init__``.
 
