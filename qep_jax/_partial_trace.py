@@ -6,13 +6,21 @@ import math
 from collections.abc import Sequence
 
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from ._open_system import InputError, is_int
 
 
 def _normalise_keep(dims: tuple[int, ...], keep: int | Sequence[int]) -> tuple[int, ...]:
-    keep = (keep,) if is_int(keep) or isinstance(keep, bool) else tuple(keep)
+    if is_int(keep) or isinstance(keep, bool):
+        keep = (keep,)
+    elif isinstance(keep, np.ndarray) and keep.ndim <= 1 and np.issubdtype(keep.dtype, np.integer):
+        keep = tuple(int(k) for k in np.atleast_1d(keep))
+    elif isinstance(keep, (list, tuple, range)):
+        keep = tuple(keep)
+    else:  # a float or an array: tuple() raised "not iterable" or took its entries silently
+        raise InputError(f"partial_trace: keep={keep!r} must be a subsystem index (int) or a list of them.")
     for k in keep:
         # bool is an int to Python: keep=True silently meant subsystem 1.
         if not is_int(k) or not 0 <= k < len(dims):

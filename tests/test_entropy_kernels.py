@@ -262,6 +262,10 @@ def test_entropy_and_trace_arguments_are_checked():
         qep_jax.partial_trace(rho, (2.5, 2), 0)
     with pytest.raises(qep_jax.InputError, match="keep"):
         qep_jax.partial_trace(rho, (2, 2), True)
+    for bad in (1.0, np.array([0.5])):  # a float raised "not iterable"
+        with pytest.raises(qep_jax.InputError, match="keep"):
+            qep_jax.partial_trace(rho, (2, 2), bad)
+    np.testing.assert_allclose(qep_jax.partial_trace(rho, (2, 2), np.array([0])), np.diag([1.0, 0.0]))
 
 
 def test_goe_arguments_are_checked():
