@@ -43,7 +43,7 @@ def test_rejects_bad_input():
         Moments.from_samples(np.zeros((0, 3)))
     with pytest.raises(ValueError, match="shapes"):
         Moments.from_samples(np.zeros((2, 3))).merge(Moments.from_samples(np.zeros((2, 4))))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one"):
         merge_all([])
     # Two empty summaries raised ZeroDivisionError in merge; an empty one is now refused outright.
     with pytest.raises(ValueError, match="count"):

@@ -52,6 +52,10 @@ def test_zero_coupling_is_frozen(key):
     traj = frozen.simulate(key, TIMES, 2)
     np.testing.assert_allclose(traj.entropy_production, 0.0, atol=1e-10)
     np.testing.assert_allclose(traj.heat, 0.0, atol=1e-12)
+    np.testing.assert_allclose(traj.system_state, np.broadcast_to(np.diag([1.0, 0.0]), traj.system_state.shape),
+                               atol=1e-12)
+    for name in ("system_entropy", "mutual_information", "correlation_entropy", "inter_reservoir_correlation"):
+        np.testing.assert_allclose(getattr(traj, name), 0.0, atol=1e-10, err_msg=name)
 
 
 def test_validation():
