@@ -438,9 +438,10 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
         m3 = -0.5 * ot * _commutator(b2, rho)
     n_obs = ot.shape[0]
     stacked = [m1] + ([m2, m3] if m2 is not None else [])
-    if with_dt:
-        stacked.append(s.weights * (-1j * (e[:, None] - e[None, :])))
     stacked = jnp.concatenate([m.astype(ctype) for m in stacked], axis=0)
+    # d<O>/dt weights: a function of the primal alone, so kept out of the tangent-linear `stacked`
+    # (one array mixing both made reverse mode over the times and another input fail to transpose).
+    time_weights = (s.weights * (-1j * (e[:, None] - e[None, :]))).astype(ctype) if with_dt else None
 
     # ---- expensive set: dX(t) = W (dH~ o F(t)) C + U(t) dC + dt (-i H) X, plus the rho_s(0) term ----
     expensive = config.reservoir_entropies
@@ -516,7 +517,7 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
         if m2 is not None:
             dvalues = dvalues + t * parts[n_obs:2 * n_obs] + t**2 * parts[2 * n_obs:3 * n_obs]
         if with_dt:
-            dvalues = dvalues + dt * parts[-n_obs:]
+            dvalues = dvalues + dt * expectation_at(e, time_weights, t)
         result = {"values": dvalues}
         if not expensive_tangent:
             return result

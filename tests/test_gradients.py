@@ -441,6 +441,25 @@ def _sigma_z_loss(params, x):
     return jnp.sum(sz**2) + jnp.sum(traj.entropy_production)
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_reverse_mode_over_the_times_together_with_a_parameter(goe_matrix, full):
+    """jax.grad over (lambda, times) in one call: the d<O>/dt weights sat in the tangent-linear stack of
+    the JVP rule, and reverse mode failed to transpose it (AssertionError inside evolve)."""
+
+    def loss(lam, times):
+        traj = qep_jax.evolve(qep_jax.SpinGORM(N_LEVELS, 0.37, lam, 2.0).open_system(goe_matrix), times,
+                              reservoir_entropies=full)
+        return jnp.sum(traj.heat) + (jnp.sum(traj.mutual_information) if full else jnp.sum(traj.entropy_production))
+
+    times = jnp.array([0.7, 3.0])
+    d_lam, d_times = jax.grad(loss, argnums=(0, 1))(0.3, times)
+    f_lam, f_times = jax.jacfwd(loss, argnums=(0, 1))(0.3, times)
+    np.testing.assert_allclose([d_lam, *d_times], [f_lam, *f_times], rtol=1e-10, atol=1e-13)
+    fd_lam = (loss(0.3 + STEP, times) - loss(0.3 - STEP, times)) / (2 * STEP)
+    fd_t = [(loss(0.3, times.at[i].add(STEP)) - loss(0.3, times.at[i].add(-STEP))) / (2 * STEP) for i in range(2)]
+    np.testing.assert_allclose([d_lam, *d_times], [fd_lam, *fd_t], rtol=1e-6, atol=1e-9)
+
+
 def test_jit_grad_equals_grad_and_vmap_equals_loop(goe_matrix):
     points = jnp.array([[0.3, 0.37], [0.0, SPACING], [1e-6, SPACING]])
     grad = jax.grad(_sigma_z_loss)
