@@ -525,8 +525,6 @@ def _run(args) -> int:
             if s["figure"]:
                 try:
                     _figure(result, s["figure"])
-                except KeyboardInterrupt:
-                    raise
                 except Exception as err:  # noqa: BLE001 (the run is saved; say so instead of a traceback)
                     print(f"qep-jax: error: the figure {s['figure']} could not be written ({err}); the run is "
                           f"complete in {s['output']}: rerun with another --figure or --no-figure (nothing is "

@@ -265,8 +265,9 @@ def check_memory(model: SpinGORM, n_times: int, n_realizations: int, quantities,
     itemsize = jnp.finfo(model.dtype).bits // 8
     plan = plan_memory(model.n_levels, n_times, quantities, itemsize, memory_budget, names)
     # The runner never makes a chunk larger than the run: a chunk_size above n_realizations is not a need.
-    if chunk_size is not None and math.ceil(min(chunk_size, n_realizations) / n_devices) > plan.per_device:
-        need = math.ceil(min(chunk_size, n_realizations) / n_devices) * plan.realization_bytes
+    per_device = None if chunk_size is None else math.ceil(min(chunk_size, n_realizations) / n_devices)
+    if per_device is not None and per_device > plan.per_device:
+        need = per_device * plan.realization_bytes
         raise InputError(
             f"{names['chunk_size']} {chunk_size} needs about {_format_bytes(need, up=True)} per device, more than "
             f"{names['memory_budget']} {_format_bytes(memory_budget)}; use {names['chunk_size']} <= "

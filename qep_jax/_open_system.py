@@ -327,19 +327,16 @@ def _validate(h_system, h_res, betas, coupling, rho_system, chemical_potentials,
             raise InputError(f"betas has shape {b.shape}, expected a scalar or ({n_res},), one per reservoir.")
         check_finite("betas", b)
     dims = [None if a is None else a.shape[0] for a in [hs] + hr]
-    if _is_concrete(coupling) and None in dims:  # its expected shape is unknown: the checks of its own
-        matrix("coupling", coupling)
-    elif _is_concrete(coupling):
-        total = math.prod(dims)
+    if _is_concrete(coupling):
         v = np.asarray(coupling)
-        if v.shape != (total, total):
+        total = None if None in dims else math.prod(dims)  # unknown while a Hamiltonian is traced
+        if total is not None and v.shape != (total, total):
             raise InputError(
                 f"coupling has shape {v.shape}, expected ({total}, {total}) = system {dims[0]} x reservoirs "
                 f"{tuple(dims[1:])} in the order s (x) r_1 (x) ... (x) r_K (d_s from h_system, d_r from "
                 f"h_reservoirs); fix whichever of h_system, h_reservoirs and coupling has the wrong size."
             )
-        check_finite("coupling", v)
-        check_hermitian("coupling", v)
+        matrix("coupling", v)
     if _is_concrete(rho_system):
         rho = np.asarray(rho_system)
         check_square("rho_system", rho, dims[0])
