@@ -51,6 +51,10 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of usage + message
+        missing = re.fullmatch(r"argument (\S+): expected one argument", message)
+        if missing:  # argparse reads a value such as -1e-3 as a flag and reports the value missing
+            flag = missing.group(1).split("/")[-1]
+            message += f" (give it a value; one that starts with '-' must be joined to the flag by '=': {flag}=VALUE)"
         raise UsageError(f"{message}; see '{self.prog} --help'.")
 
 
@@ -255,9 +259,14 @@ def _read_config(path: str) -> dict:
 
 def _settings(args) -> dict:
     settings = dict(DEFAULTS)
-    if args.config is not None:
-        settings.update(_read_config(args.config))
-    settings.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
+    config = {} if args.config is None else _read_config(args.config)
+    flags = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
+    settings.update(config)
+    settings.update(flags)
+    # How messages name a setting: by the config key when the value came from the config file.
+    settings["names"] = {k: (f"config {k}" if k in config and k not in flags else "--" + k.replace("_", "-"))
+                         for k in DEFAULTS}
+    _figure_choice(settings, config, flags)
     if isinstance(settings["memory_budget"], str):
         settings["memory_budget"] = parse_bytes(settings["memory_budget"])
     # Range checks sit in the converters, so a bad value is named by its flag or config key.
@@ -269,9 +278,11 @@ def _settings(args) -> dict:
     if settings["times"] is None:
         grid_bytes = 8 * settings["n_times"]
         if grid_bytes > settings["memory_budget"]:  # before the grid is built: it used to raise MemoryError
-            raise UsageError(f"--n-times {settings['n_times']}: the time grid alone needs {grid_bytes:.3g} bytes, more "
-                             f"than --memory-budget; lower --n-times.")
+            names = settings["names"]
+            raise UsageError(f"{names['n_times']} {settings['n_times']}: the time grid alone needs {grid_bytes:.3g} "
+                             f"bytes, more than {names['memory_budget']}; lower {names['n_times']}.")
         settings["times"] = list(np.linspace(0.0, settings["t_max"], settings["n_times"]))
+        settings["names"]["times"] = settings["names"]["n_times"]
     if settings["precision"] == "float32":
         # The run stores its times in its precision: times distinct in float64 may coincide there.
         t32 = np.asarray(settings["times"], np.float32)
@@ -282,6 +293,18 @@ def _settings(args) -> dict:
                              f"float32 (--precision float32); space the times further apart or use float64.")
     settings["figure"] = _figure_path(settings)
     return settings
+
+
+def _figure_choice(settings: dict, config: dict, flags: dict) -> None:
+    """Settle --figure against --no-figure: both from one source contradict each other (one was
+    silently ignored); a flag overrides the config file, as it does for every other key."""
+    for source, where in ((flags, "flags --figure and --no-figure"), (config, "config keys figure and no_figure")):
+        if source.get("no_figure") and source.get("figure"):
+            raise UsageError(f"{where} contradict each other; give one of them.")
+    if flags.get("figure"):
+        settings["no_figure"] = False
+    elif flags.get("no_figure"):
+        settings["figure"] = None
 
 
 def _figure_formats() -> set:
@@ -442,16 +465,12 @@ def _figure(result, path: str) -> None:
     plt.close(fig)
 
 
-# How the runner's memory errors name the arguments on the command line.
-_FLAG_NAMES = {
-    "memory_budget": "--memory-budget",
-    "chunk_size": "--chunk-size",
-    "n_levels": "--n-levels",
-    "n_realizations": "--realizations",
-    "times": "--n-times/--times",
-    "quantities": "--quantities",
-    "keep_realizations": "--keep-realizations",
-}
+def _memory_names(names: dict) -> dict:
+    """How the runner's memory errors name its arguments: by flag, or by config key where the
+    value came from the config file."""
+    return {"memory_budget": names["memory_budget"], "chunk_size": names["chunk_size"],
+            "n_levels": names["n_levels"], "n_realizations": names["realizations"], "times": names["times"],
+            "quantities": names["quantities"], "keep_realizations": names["keep_realizations"]}
 
 
 def _check_memory(model, s: dict) -> None:
@@ -464,7 +483,7 @@ def _check_memory(model, s: dict) -> None:
     try:
         check_memory(model, len(s["times"]), s["realizations"], s["quantities"] or DEFAULT_QUANTITIES,
                      s["keep_realizations"], s["chunk_size"], s["memory_budget"], jax.device_count(),
-                     names=_FLAG_NAMES)
+                     names=_memory_names(s["names"]))
     except InputError as err:
         raise UsageError(str(err)) from None
 

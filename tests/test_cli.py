@@ -485,3 +485,44 @@ def test_resume_after_kill_9_gives_identical_file(tmp_path, monkeypatch, capsys)
         for name in a:
             np.testing.assert_array_equal(a[name][()], b[name][()])
         assert a.attrs["parameters_hash"] == b.attrs["parameters_hash"]
+
+
+def test_figure_and_no_figure(tmp_path, monkeypatch, capsys):
+    """Both from one source contradict each other (--figure used to be ignored silently); a flag
+    overrides the config file's choice either way."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _main(["run", *SMALL, "--figure", "f.png", "--no-figure"], capsys)
+    assert code == 2 and "--figure and --no-figure contradict" in err
+    (tmp_path / "both.toml").write_text('figure = "f.png"\nno_figure = true\n')
+    code, _, err = _main(["run", "--config", "both.toml", *SMALL], capsys)
+    assert code == 2 and "config keys figure and no_figure contradict" in err
+    (tmp_path / "fig.toml").write_text('figure = "f.png"\n')
+    assert _main(["run", "--config", "fig.toml", *SMALL, "--no-figure", "--quiet"], capsys)[0] == 0
+    assert not (tmp_path / "f.png").exists()
+    (tmp_path / "nofig.toml").write_text("no_figure = true\n")
+    assert _main(["run", "--config", "nofig.toml", *SMALL, "--figure", "g.png", "--quiet"], capsys)[0] == 0
+    assert (tmp_path / "g.png").stat().st_size > 10_000
+
+
+def test_negative_value_needs_equals_sign(tmp_path, monkeypatch, capsys):
+    """argparse takes -1e-3 for a flag; the message says how to pass it, and the joined form runs."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _main(["run", *SMALL, "--coupling", "-1e-3", "--no-figure"], capsys)
+    assert code == 2 and "--coupling=VALUE" in err, err
+    code, _, err = _main(["run", *SMALL, "--coupling=-1e-3", "--no-figure", "--quiet"], capsys)
+    assert code == 0, err
+    assert load_run("qep_run.h5").parameters["coupling_strength"] == -1e-3
+
+
+def test_memory_errors_name_the_config_key(tmp_path, monkeypatch, capsys):
+    """A value from the config file is named by its key in the memory messages, a flag by the flag."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "big.toml").write_text('chunk_size = 100000\nmemory_budget = "64MiB"\nn_levels = 200\n')
+    code, _, err = _main(["run", "--config", "big.toml", "--realizations", "100000"], capsys)
+    assert code == 2 and "config chunk_size 100000 needs" in err and "config memory_budget" in err, err
+    assert "--chunk-size" not in err
+    code, _, err = _main(["run", "--config", "big.toml", "--realizations", "100000", "--chunk-size", "100000"], capsys)
+    assert code == 2 and "--chunk-size 100000 needs" in err and "config memory_budget" in err, err
+    (tmp_path / "grid.toml").write_text('n_times = 100000000\nmemory_budget = "64MiB"\n')
+    code, _, err = _main(["run", "--config", "grid.toml"], capsys)
+    assert code == 2 and "config n_times 100000000: the time grid alone" in err and "--" not in err, err
