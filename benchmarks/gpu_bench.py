@@ -157,7 +157,7 @@ def xla_flops(model, times) -> float | None:
 
     def one(x):
         return _evolve_kernel(model.open_system(x), times, reservoir_entropies=False,
-                              time_batch_size=times.shape[0], system_rank=1)
+                              time_batch_size=times.shape[0], system_rank=1, rebuilt_entry=0)
 
     try:
         cost = jax.jit(one).lower(qep_jax.goe(jax.random.key(0), model.n_levels)).compile().cost_analysis()

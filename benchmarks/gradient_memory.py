@@ -46,7 +46,8 @@ def make_loss(n_levels, n_times, n_realizations, time_batch, checkpoint_realizat
         def one(i):
             x = qep_jax.goe(jax.random.fold_in(key, i), n_levels)
             traj = _evolve_kernel(model.open_system(x), times, reservoir_entropies=True,
-                                  time_batch_size=time_batch, system_rank=1, checkpoint=checkpoint_realization)
+                                  time_batch_size=time_batch, system_rank=1, rebuilt_entry=0,
+                                  checkpoint=checkpoint_realization)
             return jnp.sum(traj.entropy_production) + jnp.sum(traj.mutual_information)
 
         return jnp.mean(jax.lax.map(one, jnp.arange(n_realizations)))

@@ -310,7 +310,7 @@ def _chunk_function(mesh: Mesh, n_levels: int, quantities: tuple, entropies: boo
         def one(i):
             x = realization_matrix(key, i, n_levels, model.dtype)
             traj = _evolve_kernel(model.open_system(x), times, reservoir_entropies=entropies,
-                                  time_batch_size=time_batch, system_rank=1)
+                                  time_batch_size=time_batch, system_rank=1, rebuilt_entry=0)
             return {q: QUANTITIES[q].extract(traj) for q in quantities}
 
         return jax.vmap(one)(indices) if vectorize else jax.lax.map(one, indices, batch_size=cpu_batch)

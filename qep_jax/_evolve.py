@@ -44,6 +44,14 @@ def _static_rank(rho_system, tol: float = 1e-12) -> int:
     return max(1, int(np.sum(lam > tol * max(1.0, float(lam[-1])))))
 
 
+def _static_rebuilt_entry(rho_system) -> int | None:
+    """The population of ``rho_s(t)`` rebuilt from the trace (see ``system_pairs``): the largest
+    initial one of a concrete ``rho_system``; ``None`` (all computed) for a traced one."""
+    if not _is_concrete(rho_system):
+        return None
+    return int(np.argmax(np.real(np.diagonal(np.asarray(rho_system)))))
+
+
 def _evolve_kernel(
     system: OpenSystem,
     times: Array,
@@ -51,6 +59,7 @@ def _evolve_kernel(
     reservoir_entropies: bool,
     time_batch_size: int,
     system_rank: int,
+    rebuilt_entry: int | None = None,
     checkpoint: bool = False,
 ) -> Trajectory:
     """One realization, all time points. Shapes are static; see :class:`Trajectory`.
@@ -62,13 +71,13 @@ def _evolve_kernel(
     """
     body = functools.partial(
         _kernel_body, reservoir_entropies=reservoir_entropies, time_batch_size=time_batch_size,
-        system_rank=system_rank,
+        system_rank=system_rank, rebuilt_entry=rebuilt_entry,
     )
     return jax.checkpoint(body)(system, times) if checkpoint else body(system, times)
 
 
 def _kernel_body(system: OpenSystem, times: Array, *, reservoir_entropies: bool, time_batch_size: int,
-                 system_rank: int) -> Trajectory:
+                 system_rank: int, rebuilt_entry: int | None) -> Trajectory:
     dims = system.dims
     d_s, n_res = dims[0], system.n_reservoirs
     has_numbers = system.number_operators is not None
@@ -78,14 +87,14 @@ def _kernel_body(system: OpenSystem, times: Array, *, reservoir_entropies: bool,
     reservoir_ops = list(system.h_reservoirs) + (list(system.number_operators) if has_numbers else [])
     factors = list(range(1, n_res + 1)) * (2 if has_numbers else 1)
     config = SeriesConfig(dims, tuple(factors), reservoir_entropies, int(time_batch_size), int(system_rank),
-                          system.diagonal_reservoirs)
+                          system.diagonal_reservoirs, rebuilt_entry)
     # One eigh of H; derivatives through the Daleckii-Krein rule of _propagator_rules (exact at degeneracies).
     series = spectral_series(config, system.hamiltonian(), rho0, tuple(reservoir_ops), system.rho_system,
                              tuple(e.sqrt_rho for e in eqs), times)
     total_energy = series.total_energy
     values = series.values
-    n_pairs = len(system_pairs(d_s))
-    rho_s = system_state_from_pairs(values[:, :n_pairs], d_s, jnp.real(jnp.trace(rho0)))
+    n_pairs = len(system_pairs(d_s, rebuilt_entry))
+    rho_s = system_state_from_pairs(values[:, :n_pairs], d_s, jnp.real(jnp.trace(rho0)), rebuilt_entry)
     # At t = 0 take the value of rho_s(0) itself, keeping the series' derivative (d/dt included).
     # The series gives it to rounding only: a pure rho_s(0) came back with an eigenvalue ~eps, whose
     # entropy weight -(ln eps + 1) ~ 35 (zero for the exact input) put ~34 into d D_iS(0) / d rho_s(0).
@@ -228,17 +237,18 @@ def warn_if_float32(dtype) -> None:
         )
 
 
-@functools.partial(jax.jit, static_argnames=("reservoir_entropies", "time_batch_size", "system_rank"))
-def _evolve_jit(system, times, *, reservoir_entropies, time_batch_size, system_rank):
+@functools.partial(jax.jit, static_argnames=("reservoir_entropies", "time_batch_size", "system_rank",
+                                             "rebuilt_entry"))
+def _evolve_jit(system, times, *, reservoir_entropies, time_batch_size, system_rank, rebuilt_entry):
     return _evolve_kernel(
         system, times, reservoir_entropies=reservoir_entropies, time_batch_size=time_batch_size,
-        system_rank=system_rank,
+        system_rank=system_rank, rebuilt_entry=rebuilt_entry,
     )
 
 
-def n_observables(system: OpenSystem) -> int:
+def n_observables(system: OpenSystem, rebuilt_entry: int | None) -> int:
     k = system.n_reservoirs * (2 if system.number_operators is not None else 1)
-    return n_series_observables(system.system_dim, k)
+    return n_series_observables(system.system_dim, k, rebuilt_entry)
 
 
 def evolve(
@@ -282,10 +292,12 @@ def evolve(
     times = check_times(times, jnp.finfo(open_system.coupling.dtype).dtype)
     warn_if_float32(open_system.coupling.dtype)
     rank = _static_rank(open_system.rho_system)
+    rebuilt = _static_rebuilt_entry(open_system.rho_system)
     itemsize = jnp.finfo(open_system.coupling.dtype).bits // 8
     if time_batch_size is None:
         time_batch_size = auto_time_batch_size(
-            open_system.dims, times.shape[0], rank, n_observables(open_system), itemsize, reservoir_entropies
+            open_system.dims, times.shape[0], rank, n_observables(open_system, rebuilt), itemsize,
+            reservoir_entropies,
         )
     else:
         time_batch_size = check_count("time_batch_size", time_batch_size)
@@ -293,5 +305,5 @@ def evolve(
         _linalg.hint_blas_threads(max(open_system.dims[1:]), min(time_batch_size, times.shape[0]))
     return _evolve_jit(
         open_system, times, reservoir_entropies=reservoir_entropies,
-        time_batch_size=int(time_batch_size), system_rank=rank,
+        time_batch_size=int(time_batch_size), system_rank=rank, rebuilt_entry=rebuilt,
     )

@@ -78,34 +78,45 @@ class SeriesConfig(NamedTuple):
     time_batch_size: int
     system_rank: int
     diagonal_reservoirs: bool = False  # the reservoir observables and Gibbs states are diagonal
+    rebuilt_entry: int | None = None  # see system_pairs
 
 
-def system_pairs(d_s: int) -> tuple[tuple[int, int], ...]:
-    """Entries ``(i, j)`` of ``rho_s(t)`` that :func:`spectral_series` computes: the upper triangle
-    without the last diagonal entry. The others follow from ``rho_s(t) = rho_s(t)^dag`` and
-    ``Tr rho_s(t) = Re Tr rho(0)``; this halves the observables (2 instead of 4 for a spin)."""
-    return tuple((i, j) for i in range(d_s) for j in range(i, d_s) if (i, j) != (d_s - 1, d_s - 1))
+def system_pairs(d_s: int, rebuilt_entry: int | None) -> tuple[tuple[int, int], ...]:
+    """Entries ``(i, j)`` of ``rho_s(t)`` that :func:`spectral_series` computes: the upper triangle,
+    without the diagonal entry ``rebuilt_entry`` unless that is ``None``. The others follow from
+    ``rho_s(t) = rho_s(t)^dag`` and ``Tr rho_s(t) = Re Tr rho(0)``: 2 observables instead of 4
+    for a spin.
+
+    The rebuilt entry carries an absolute error ~eps, so it must be the population that stays
+    large: callers pass the largest initial population (a population that starts at 0 and stays
+    ~1e-17 came out as noise, even negative, and its entropy derivative -(ln p + 1) dp wrong by
+    20x). ``None`` computes every diagonal entry directly (one more observable).
+    """
+    return tuple((i, j) for i in range(d_s) for j in range(i, d_s) if not i == j == rebuilt_entry)
 
 
-def n_series_observables(d_s: int, n_reservoir_ops: int) -> int:
+def n_series_observables(d_s: int, n_reservoir_ops: int, rebuilt_entry: int | None) -> int:
     """Columns of :attr:`Series.values`: the :func:`system_pairs` and the reservoir observables."""
-    return len(system_pairs(d_s)) + n_reservoir_ops
+    return len(system_pairs(d_s, rebuilt_entry)) + n_reservoir_ops
 
 
-def system_state_from_pairs(pair_values: Array, d_s: int, trace: Array) -> Array:
+def system_state_from_pairs(pair_values: Array, d_s: int, trace: Array, rebuilt_entry: int | None) -> Array:
     """``rho_s(t)`` ``(T, d_s, d_s)`` from the :func:`system_pairs` columns ``(T, n_pairs)``.
 
-    ``trace`` is ``Re Tr rho(0)``, conserved by the evolution; it fixes the last diagonal entry.
+    ``trace`` is ``Re Tr rho(0)``, conserved by the evolution; it fixes the diagonal entry
+    ``rebuilt_entry`` (if not ``None``).
     """
     rho = jnp.zeros(pair_values.shape[:1] + (d_s, d_s), pair_values.dtype)
-    for k, (i, j) in enumerate(system_pairs(d_s)):
+    for k, (i, j) in enumerate(system_pairs(d_s, rebuilt_entry)):
         v = pair_values[:, k]
         if i == j:
             rho = rho.at[:, i, i].set(jnp.real(v))
         else:
             rho = rho.at[:, i, j].set(v).at[:, j, i].set(v.conj())
-    last = trace - jnp.real(jnp.trace(rho, axis1=1, axis2=2))
-    return rho.at[:, -1, -1].set(last)
+    if rebuilt_entry is None:
+        return rho
+    rest = trace - jnp.real(jnp.trace(rho, axis1=1, axis2=2))
+    return rho.at[:, rebuilt_entry, rebuilt_entry].set(rest)
 
 
 class Series(NamedTuple):
@@ -194,7 +205,7 @@ def _setup(config: SeriesConfig, h, rho0, reservoir_ops, rho_system, sqrt_eqs) -
     # rho_s(t)_ij = <(|j><i| (x) 1)>_t: O~_ba = sum_R conj(W_(jR)b) W_(iR)a, weight M_ab = rho0~_ab O~_ba.
     w_blocks = w.reshape(d_s, total // d_s, total)
     # transposed/adjoint: a row-major left operand runs XLA's CPU dot at twice the speed.
-    system_t = [_linalg.transposed(w_blocks[i]) @ w_blocks[j].conj() for i, j in system_pairs(d_s)]
+    system_t = [_linalg.transposed(w_blocks[i]) @ w_blocks[j].conj() for i, j in system_pairs(d_s, config.rebuilt_entry)]
     wd = _linalg.adjoint(w)
     reservoir_eig = [wd @ apply_on_factor(op, w, dims, f) for op, f in zip(reservoir_ops, config.factors)]
     # O~^T = conj(O~) for Hermitian O. Writing o.T made XLA merge the transpose into the product
@@ -403,7 +414,7 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
     out = _primal_series(config, s, times)
 
     dims = config.dims
-    d_s, n_pairs = dims[0], len(system_pairs(dims[0]))
+    d_s, n_pairs = dims[0], len(system_pairs(dims[0], config.rebuilt_entry))
     e, w = s.energies, s.vectors
     spectrum = Spectrum(e, w)
     wd = _linalg.adjoint(w)

@@ -217,3 +217,41 @@ def test_reservoir_energy_offset_changes_nothing(offset, beta):
             np.testing.assert_allclose(getattr(moved, name), np.asarray(value) + offset, atol=atol, rtol=0)
         else:
             np.testing.assert_allclose(getattr(moved, name), value, atol=atol, rtol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("start", [0, 1, "traced"])
+def test_tiny_population_keeps_relative_precision(start):
+    """At lambda = 1e-8 the population the spin does not start in is ~1e-16. It is computed
+    directly, not as 1 - p_start (which came out as rounding noise, even negative, and put a
+    wrong -(ln p + 1) dp into the gradients: d S_s / d lambda was off by up to 20x)."""
+    import jax
+    import jax.numpy as jnp
+
+    lam, times = 1e-8, np.array([5.0, 20.0])
+    x = qep_jax.goe(jax.random.key(0), 4)
+    rho_s0 = np.diag([1.0, 0.0]) if start != 1 else np.diag([0.0, 1.0])
+    other = 1 if start != 1 else 0
+
+    def system(lam, rho):
+        s = qep_jax.SpinGORM(4, 0.1, lam, 10.0).open_system(x)
+        return qep_jax.OpenSystem(s.h_system, s.h_reservoirs, s.betas, s.coupling, rho, diagonal_reservoirs=True)
+
+    def trajectory(lam, rho):
+        return qep_jax.evolve(system(lam, rho), times)
+
+    def entries(lam):
+        rho = jnp.asarray(rho_s0)
+        if start == "traced":  # a traced rho_s(0) computes every population directly
+            return jax.jit(lambda lam, rho: trajectory(lam, rho).system_state)(lam, rho)
+        return trajectory(lam, rho).system_state
+
+    s = system(lam, rho_s0)
+    ref = dense_reference(np.asarray(s.h_system), [np.asarray(s.h_reservoirs[0])], np.array([10.0]),
+                          np.asarray(s.coupling), rho_s0, times)
+    p_ref = ref["system_state"][:, other, other].real
+    assert np.all((p_ref > 1e-18) & (p_ref < 1e-15))
+    p = np.asarray(entries(lam))[:, other, other].real
+    np.testing.assert_allclose(p, p_ref, rtol=1e-6)
+    # p ~ c lambda^2 to relative O(lambda^2): dp/dlambda = 2 p / lambda.
+    dp = np.asarray(jax.jacfwd(entries)(lam))[:, other, other].real
+    np.testing.assert_allclose(dp, 2 * p_ref / lam, rtol=1e-6)

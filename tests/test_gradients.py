@@ -478,7 +478,7 @@ def test_checkpoint_does_not_change_gradients(goe_matrix):
     def loss(p, checkpoint):
         model = qep_jax.SpinGORM(N_LEVELS, p[1], p[0], 2.0)
         traj = _evolve_kernel(model.open_system(goe_matrix), TIMES, reservoir_entropies=False, time_batch_size=2,
-                              system_rank=1, checkpoint=checkpoint)
+                              system_rank=1, rebuilt_entry=0, checkpoint=checkpoint)
         return jnp.sum(traj.entropy_production) + jnp.sum(traj.interaction_energy)
 
     p = jnp.array([0.3, 0.37])

@@ -25,7 +25,7 @@ from .._random import goe
 from .._trajectory import Trajectory
 
 # Series the spin-GORM kernel evaluates: the independent entries of rho_s(t) and <H_r>.
-N_SERIES = n_series_observables(2, 1)
+N_SERIES = n_series_observables(2, 1, rebuilt_entry=0)  # the spin starts in |0>: rebuild p_0
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 
@@ -215,7 +215,7 @@ def _simulate_jit(model, key, times, first, *, n_realizations, reservoir_entropi
         x = realization_matrix(key, i, model.n_levels, model.dtype)
         return _evolve_kernel(
             model.open_system(x), times, reservoir_entropies=reservoir_entropies,
-            time_batch_size=time_batch_size, system_rank=1, checkpoint=True,
+            time_batch_size=time_batch_size, system_rank=1, rebuilt_entry=0, checkpoint=True,
         )
 
     indices = first + jnp.arange(n_realizations)

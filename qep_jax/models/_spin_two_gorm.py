@@ -151,6 +151,6 @@ def _simulate_jit(model, key, times, *, n_realizations, reservoir_entropies, bat
     def one(i):
         system = model.open_system(*model.draw(jax.random.fold_in(key, i)))
         return _evolve_kernel(system, times, reservoir_entropies=reservoir_entropies,
-                              time_batch_size=time_batch_size, system_rank=1)
+                              time_batch_size=time_batch_size, system_rank=1, rebuilt_entry=0)
 
     return jax.lax.map(one, jnp.arange(n_realizations), batch_size=batch_size)
