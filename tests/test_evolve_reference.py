@@ -255,3 +255,41 @@ def test_tiny_population_keeps_relative_precision(start):
     # p ~ c lambda^2 to relative O(lambda^2): dp/dlambda = 2 p / lambda.
     dp = np.asarray(jax.jacfwd(entries)(lam))[:, other, other].real
     np.testing.assert_allclose(dp, 2 * p_ref / lam, rtol=1e-6)
+
+
+def test_small_initial_weight_is_kept():
+    """A weight q = 5e-13 of rho_s(0) is kept: a 1e-12 cut dropped it, and D_iS missed
+    q beta <H_r>, 1e-9 here with the reservoir energies offset by 1e3 (the offset changes nothing
+    physically, see above). A pure state given in a rotated basis still counts as rank 1."""
+    from qep_jax._evolve import _static_rank
+
+    rng = np.random.default_rng(11)
+    h_s, h_r = np.diag([-0.05, 0.05]), np.diag(np.linspace(-0.5, 0.5, 5))
+    coupling = random_hermitian(rng, 10, real=True, scale=0.1)
+    q, beta, offset = 5e-13, 2.0, 1e3
+    rho_s0 = np.diag([1 - q, q])
+    plain = qep_jax.evolve(qep_jax.OpenSystem(h_s, h_r, beta, coupling, rho_s0), TIMES)
+    moved = qep_jax.evolve(qep_jax.OpenSystem(h_s, h_r + offset * np.eye(5), beta, coupling, rho_s0), TIMES)
+    atol = 20 * beta * offset * np.finfo(float).eps
+    np.testing.assert_allclose(moved.entropy_production, plain.entropy_production, atol=atol, rtol=0)
+    np.testing.assert_allclose(moved.heat, plain.heat, atol=atol, rtol=0)
+    ref = dense_reference(h_s, [h_r], np.array([beta]), coupling, rho_s0, TIMES)
+    np.testing.assert_allclose(plain.entropy_production, ref["entropy_production"], atol=1e-12)
+    for d in (2, 3, 8):
+        psi = rng.normal(size=d) + 1j * rng.normal(size=d)
+        psi /= np.linalg.norm(psi)
+        assert _static_rank(np.outer(psi, psi.conj())) == 1
+
+
+def test_batched_system_is_refused_with_the_vmap_recipe():
+    """evolve takes one system; a vmapped batch failed inside NumPy ('only 0-dimensional arrays')."""
+    import jax
+
+    model = qep_jax.SpinGORM(6, 0.1, 0.1, 2.0)
+    xs = jax.vmap(lambda k: qep_jax.goe(k, 6))(jax.random.split(jax.random.key(0), 3))
+    systems = jax.vmap(model.open_system)(xs)
+    with pytest.raises(qep_jax.InputError, match="batch of systems.*jax.vmap"):
+        qep_jax.evolve(systems, TIMES)
+    batched = jax.vmap(lambda s: qep_jax.evolve(s, TIMES))(systems)
+    single = qep_jax.evolve(model.open_system(xs[1]), TIMES)
+    np.testing.assert_allclose(batched.entropy_production[1], single.entropy_production, atol=1e-13)

@@ -33,3 +33,14 @@ def test_float64_runs_do_not_warn(key):
         warnings.simplefilter("error")
         model.simulate(key, np.array([0.0, 1.0]), 2)
     assert jax.config.jax_enable_x64
+
+
+def test_float32_times_beyond_range_are_refused(key):
+    """A time that overflows float32 became inf in the cast and every value NaN."""
+    model32 = qep_jax.SpinGORM(6, np.float32(0.1), np.float32(0.1), np.float32(2.0))
+    system = model32.open_system(np.asarray(qep_jax.goe(key, 6), np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(qep_jax.InputError, match=r"times: 1e\+39 overflows float32"):
+            qep_jax.evolve(system, np.array([0.0, 1e39]))
+        assert np.all(np.isfinite(qep_jax.evolve(system, np.array([0.0, 1e3])).entropy_production))
