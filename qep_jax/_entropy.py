@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from . import _linalg
-from ._open_system import InputError
+from ._open_system import InputError, float_dtype, numeric
 
 
 def _xlogx(x: Array) -> Array:
@@ -49,11 +50,13 @@ def entropy_from_eigenvalues(eigenvalues: Array) -> Array:
 
 
 def _square_matrices(name: str, value) -> Array:
-    """``value`` as an array of shape ``(..., n, n)``, or an InputError naming the argument."""
-    value = jnp.asarray(value)
-    if value.ndim < 2 or value.shape[-1] != value.shape[-2]:
-        raise InputError(f"{name} has shape {value.shape}; expected (..., n, n) square matrices.")
-    return value
+    """``value`` as a float (or complex) array of shape ``(..., n, n)``, ``n >= 1``, or an InputError
+    naming the argument. Integers are promoted; bool is refused: ``a + a^T`` of bool is OR, so a
+    bool pure state had entropy ln(2)/2."""
+    value = numeric(name, value)
+    if value.ndim < 2 or value.shape[-1] != value.shape[-2] or value.shape[-1] == 0:
+        raise InputError(f"{name} has shape {value.shape}; expected (..., n, n) square matrices with n >= 1.")
+    return jnp.asarray(value, float_dtype(value))
 
 
 def von_neumann_entropy(rho: Array) -> Array:
@@ -65,7 +68,8 @@ def von_neumann_entropy(rho: Array) -> Array:
     degenerate spectra.
 
     Args:
-        rho: ``(..., n, n)`` Hermitian, positive semidefinite, unit trace (not checked here).
+        rho: ``(..., n, n)`` Hermitian, positive semidefinite, unit trace (values not checked here;
+            shape and dtype are: integer entries are promoted to the float type, bool is refused).
 
     Returns:
         ``(...)`` real entropy in nats.
@@ -136,7 +140,8 @@ def logm_hermitian(a: Array) -> Array:
     the Daleckii-Krein formula with divided differences of ``ln``, stable for close eigenvalues.
 
     Args:
-        a: ``(..., n, n)`` Hermitian positive definite.
+        a: ``(..., n, n)`` Hermitian positive definite (values not checked here; integer entries are
+            promoted to the float type, bool is refused).
 
     Returns:
         ``(..., n, n)`` Hermitian.
@@ -206,7 +211,11 @@ def _cross_term_jvp(primals, tangents):
     dterm_b = jnp.real(
         jnp.sum(_log_divided_difference(mu_masked) * jnp.swapaxes(a_eig, -1, -2) * db_eig, axis=(-2, -1))
     )
-    return value, dterm_a + dterm_b
+    # At -inf (weight outside the support) the terms above are the derivative of the finite part
+    # only: a finite gradient of an infinite D[rho||sigma]. A NaN factor (not a NaN constant, which
+    # reverse mode would transpose to a zero cotangent) makes jvp and grad NaN there.
+    undefined = jnp.where(jnp.isneginf(value), jnp.nan, 1.0)
+    return value, undefined * (dterm_a + dterm_b)
 
 
 def relative_entropy(rho: Array, sigma: Array) -> Array:
@@ -215,12 +224,16 @@ def relative_entropy(rho: Array, sigma: Array) -> Array:
     Returns ``+inf`` when ``rho`` has weight (above ``10 n eps``) outside the support of
     ``sigma``. The support is resolved like the eigendecomposition resolves it: eigenvalues of
     ``sigma`` up to ``10 n eps max(1, |sigma|)`` (4.4e-15 for a 2 x 2 in float64) count as zero,
-    so a full-rank ``sigma`` with a smaller eigenvalue also gives ``+inf``. Zero eigenvalues of ``rho`` follow the ``0 ln 0 = 0`` convention of
-    :func:`von_neumann_entropy`. Derivatives use eigenvalue divided differences only.
+    so a full-rank ``sigma`` with a smaller eigenvalue also gives ``+inf``. Where the value is
+    ``+inf`` its derivatives (``jvp``, ``grad``) are NaN, so that an optimizer cannot take a finite
+    step from an infinite objective. Zero eigenvalues of ``rho`` follow the ``0 ln 0 = 0``
+    convention of :func:`von_neumann_entropy`. Derivatives use eigenvalue divided differences only.
 
     Args:
-        rho: ``(..., n, n)`` density matrix.
-        sigma: ``(..., n, n)`` density matrix.
+        rho: ``(..., n, n)`` density matrix (values not checked here, as in
+            :func:`von_neumann_entropy`; integer entries are promoted to the float type, bool is refused).
+        sigma: ``(..., n, n)`` density matrix (the same); the batch shapes ``...`` of ``rho`` and
+            ``sigma`` must broadcast.
 
     Returns:
         ``(...)`` real, in nats.
@@ -235,4 +248,9 @@ def relative_entropy(rho: Array, sigma: Array) -> Array:
     if rho.shape[-1] != sigma.shape[-1]:
         raise InputError(f"rho is {rho.shape[-1]} x {rho.shape[-1]} but sigma is {sigma.shape[-1]} x "
                          f"{sigma.shape[-1]}; both must act on the same space.")
+    try:
+        np.broadcast_shapes(rho.shape[:-2], sigma.shape[:-2])
+    except ValueError:
+        raise InputError(f"rho has batch shape {rho.shape[:-2]} and sigma {sigma.shape[:-2]}, which do not "
+                         f"broadcast; give one sigma or one per rho.") from None
     return -_von_neumann_entropy(rho) - _cross_term(rho, sigma)

@@ -355,8 +355,17 @@ def _flat_vmap(fun, a):
     return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), out)
 
 
+def _inexact(a) -> Array:
+    """``a`` as a float (or complex) array: for integer entries the symmetrization ``(a + a^dag) / 2``
+    wraps around (int8), for bool ``+`` is OR; both gave wrong eigenvalues."""
+    a = jnp.asarray(a)
+    return a if jnp.issubdtype(a.dtype, jnp.inexact) else a.astype(jnp.result_type(a.dtype, float))
+
+
 def eigh(a: Array) -> tuple[Array, Array]:
-    """``(eigenvalues ascending (..., n), eigenvectors (..., n, n))`` of Hermitian ``a`` ``(..., n, n)``."""
+    """``(eigenvalues ascending (..., n), eigenvectors (..., n, n))`` of Hermitian ``a`` ``(..., n, n)``;
+    integer entries are promoted to the float type."""
+    a = _inexact(a)
     if not _on_cpu():
         return jnp.linalg.eigh(a)
     return _flat_vmap(_eigh_cpu, a)
@@ -364,6 +373,7 @@ def eigh(a: Array) -> tuple[Array, Array]:
 
 def eigvalsh(a: Array) -> Array:
     """Eigenvalues ``(..., n)`` ascending of Hermitian ``a`` ``(..., n, n)``; see :func:`eigh`."""
+    a = _inexact(a)
     if not _on_cpu():
         return jnp.linalg.eigvalsh(a)
     return _flat_vmap(_eigvalsh_cpu, a)

@@ -39,42 +39,153 @@ def check_count(name: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` as a bool if it is one (Python or NumPy): ``"no"`` or ``0`` for a flag was taken by its truth."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name}={value!r} must be True or False.")
+    return bool(value)
+
+
+def numeric(name: str, value: Any, *, real: bool = False):
+    """``value`` as an array if it holds numbers: lists and scalars become NumPy arrays, NumPy and
+    JAX arrays and tracers are returned as they are (no copy off the device).
+
+    Strings, ``None``, objects and bool are refused (NumPy's ``-`` refused bool deep inside a check,
+    and bool ``+`` is OR, so a bool state gave a wrong entropy); so is complex when ``real``. The
+    dtype is a static fact, so tracers are checked too. Integers pass: callers promote them to the
+    float type.
+    """
+    if isinstance(value, (np.ndarray, jax.Array)):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError):  # ragged nested lists
+            raise InputError(f"{name} is not a rectangular array of numbers; give equal-length rows.") from None
+    dtype = getattr(arr, "dtype", None)
+    if isinstance(value, (str, bytes)) or value is None:
+        raise InputError(f"{name}={value!r} must be a number or an array of numbers.")
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc":
+        raise InputError(f"{name} has dtype {dtype}; give numbers (an array of int, float or complex).")
+    if dtype.kind == "b":
+        raise InputError(f"{name} has dtype bool; give numbers, e.g. {name}.astype(float).")
+    if real and dtype.kind == "c":
+        raise InputError(f"{name} has dtype {dtype.name}; it must be real.")
+    return arr
+
+
+def float_dtype(value) -> np.dtype:
+    """The floating (or complex) dtype ``value`` computes in: integers promote to JAX's default float."""
+    return jnp.result_type(jax.dtypes.canonicalize_dtype(value.dtype), float)
+
+
+def check_overflow(name: str, value: Any, to) -> None:
+    """Refuse a concrete ``value`` that is finite in its own precision but overflows ``to`` (1e39 in float32)."""
+    if _is_concrete(value) and np.finfo(_real_dtype(value)).bits > jnp.finfo(to).bits:
+        largest = float(np.max(np.abs(np.asarray(value)), initial=0.0))
+        if largest > float(jnp.finfo(to).max):
+            raise InputError(f"{name} overflows {jnp.dtype(to).name} (|entries| up to {largest:.3g}); "
+                             f"rescale it or enable float64 (jax.config.update('jax_enable_x64', True)).")
+
+
+def check_real_scalar(name: str, value: Any) -> None:
+    """A real number (Python, NumPy or 0-d array, not bool): finite when concrete; a tracer's shape and
+    dtype are checked (jit knows them), so a traced complex or array value is refused too."""
+    if _is_concrete(value):
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError):
+            arr = None
+        if arr is None or arr.shape != () or arr.dtype.kind not in "iuf":
+            raise InputError(f"{name}={value!r} must be a real scalar.")
+        check_finite(name, arr)
+    elif value.shape != () or value.dtype.kind not in "iuf":
+        raise InputError(f"{name} must be a real scalar, got a traced value of shape {value.shape} and "
+                         f"dtype {value.dtype}.")
+
+
 def check_finite(name: str, value: np.ndarray) -> None:
     if not np.all(np.isfinite(value)):
         raise InputError(f"{name} contains NaN or infinite entries; pass finite numbers.")
 
 
-def check_square(name: str, value: np.ndarray, dim: int | None = None) -> None:
+def check_square(name: str, value, dim: int | None = None) -> None:
+    """Shape checks only, so they hold for tracers too."""
     if value.ndim != 2 or value.shape[0] != value.shape[1]:
         raise InputError(f"{name} must be a square matrix, got shape {value.shape}.")
+    if value.shape[0] == 0:
+        raise InputError(f"{name} has shape {value.shape}; a matrix needs at least one row and column.")
     if dim is not None and value.shape[0] != dim:
         raise InputError(f"{name} has shape {value.shape}, expected ({dim}, {dim}).")
 
 
+def _inexact(value: np.ndarray) -> np.ndarray:
+    """Integers as floats: ``a - a^T`` of int8 entries wraps around."""
+    value = np.asarray(value)
+    return value if np.issubdtype(value.dtype, np.inexact) else value.astype(_real_dtype(value))
+
+
+def _first(name: str, bad: np.ndarray) -> tuple[str, tuple]:
+    """The first flagged matrix of a batch ``bad`` ``(...)``: its name (``name[i]``; ``name`` when
+    ``bad`` is 0-d) and its index."""
+    if bad.ndim == 0:
+        return name, ()
+    index = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
+    return f"{name}[{', '.join(map(str, index))}]", index
+
+
 def check_hermitian(name: str, value: np.ndarray) -> None:
-    scale = max(1.0, float(np.max(np.abs(value), initial=0.0)))
-    err = float(np.max(np.abs(value - value.conj().T), initial=0.0))
-    tol = _tolerance(_real_dtype(value)) * scale
-    if err > tol:
-        raise InputError(
-            f"{name} is not Hermitian (max |A - A^dag| = {err:.3g} > {tol:.3g}); "
-            f"pass (A + A^dag) / 2 if the asymmetry is rounding."
-        )
+    """Hermitian to rounding, for ``(..., n, n)`` matrices.
+
+    The tolerance is relative to the largest entry, with the smallest normal number as an absolute
+    floor: a floor of 1 (the old ``max(1, max|A|)``) let any matrix with entries below ~1e-10
+    pass, however non-Hermitian.
+    """
+    a = _inexact(value)
+    dtype = _real_dtype(a)
+    scale = np.max(np.abs(a), axis=(-2, -1), initial=0.0)
+    err = np.max(np.abs(a - np.swapaxes(a, -1, -2).conj()), axis=(-2, -1), initial=0.0)
+    tol = _tolerance(dtype) * scale + float(np.finfo(dtype).tiny)
+    bad = err > tol
+    if np.any(bad):
+        which, i = _first(name, bad)
+        raise InputError(f"{which} is not Hermitian (max |A - A^dag| = {float(err[i]):.3g} > {float(tol[i]):.3g}); "
+                         f"pass (A + A^dag) / 2 if the asymmetry is rounding.")
 
 
 def check_density_matrix(name: str, value: np.ndarray) -> None:
-    check_hermitian(name, value)
-    n = value.shape[0]
-    tol = _tolerance(_real_dtype(value)) * n
-    trace = complex(np.trace(value))
-    if abs(trace - 1.0) > tol:
-        raise InputError(f"{name} has trace {trace.real:.12g}, expected 1; divide it by its trace.")
+    """Hermitian, unit trace, positive semidefinite, for ``(..., n, n)`` matrices."""
+    a = _inexact(value)
+    check_hermitian(name, a)
+    n = a.shape[-1]
+    tol = _tolerance(_real_dtype(a)) * n
+    trace = np.trace(a, axis1=-2, axis2=-1)
+    bad = np.abs(trace - 1.0) > tol
+    if np.any(bad):
+        which, i = _first(name, bad)
+        raise InputError(f"{which} has trace {complex(trace[i]).real:.12g}, expected 1; divide it by its trace.")
     # NumPy's eigvalsh has no half-precision kernel; float16 entries are exact in float32.
-    lowest = float(np.linalg.eigvalsh(((value + value.conj().T) / 2).astype(np.result_type(value, np.float32)))[0])
-    if lowest < -tol:
-        raise InputError(
-            f"{name} has a negative eigenvalue {lowest:.3g}; a density matrix must be positive semidefinite."
-        )
+    herm = (a + np.swapaxes(a, -1, -2).conj()) / 2
+    lowest = np.linalg.eigvalsh(herm.astype(np.result_type(herm, np.float32)))[..., 0]
+    bad = lowest < -tol
+    if np.any(bad):
+        which, i = _first(name, bad)
+        raise InputError(f"{which} has a negative eigenvalue {float(lowest[i]):.3g}; a density matrix must be "
+                         f"positive semidefinite.")
+
+
+def check_matrix(name: str, value: Any, dim: int | None = None):
+    """A square (``dim x dim`` if given) numeric matrix, finite and Hermitian when concrete.
+
+    Shape and dtype are static, so they are checked on tracers too (a wrong-size traced matrix built
+    an inconsistent OpenSystem under jit). Returns the NumPy array, or the tracer as it is.
+    """
+    a = numeric(name, value)
+    check_square(name, a, dim)
+    if _is_concrete(a):
+        check_finite(name, a)
+        check_hermitian(name, a)
+    return a
 
 
 def check_precision(dtype, what: str) -> None:
@@ -93,7 +204,8 @@ def _real_dtype(value: np.ndarray):
     return np.float64
 
 
-def _as_matrix_tuple(name: str, value: Any) -> tuple[Any, ...]:
+def _as_matrix_tuple(name: str, value: Any, *, allow_empty: bool = False, what: str = "matrix") -> tuple[Any, ...]:
+    """One matrix (2-D, or nested lists of numbers) or a sequence of matrices (3-D, list) as a tuple."""
     if isinstance(value, (list, tuple)) and value and all(
             isinstance(row, (list, tuple)) and all(np.isscalar(v) for v in row) for row in value):
         items = (np.asarray(value),)  # one matrix written as nested lists, as h_system accepts
@@ -107,8 +219,8 @@ def _as_matrix_tuple(name: str, value: Any) -> tuple[Any, ...]:
             items = tuple(arr[i] for i in range(arr.shape[0]))
         else:
             raise InputError(f"{name} must be one matrix or a sequence of matrices, got shape {arr.shape}.")
-    if not items:
-        raise InputError(f"{name} is empty; give at least one reservoir Hamiltonian.")
+    if not items and not allow_empty:
+        raise InputError(f"{name} is empty; give at least one {what}.")
     return items
 
 
@@ -144,9 +256,12 @@ class OpenSystem:
             (models whose reservoirs are diagonal by construction do). A declared ``True`` that
             concrete matrices contradict raises :class:`InputError`.
 
-    Construction validates every concrete argument (and each relation between concrete ones) and
-    raises :class:`InputError` naming the argument; traced arguments are skipped one by one. Pytree
-    unflattening (under ``jit``/``vmap``) skips validation.
+    Integer entries are promoted to the float type; bool, strings and ``None`` are refused.
+    Construction checks the shape and dtype of every argument, traced or not (both are known under
+    ``jit``), and the values of every concrete one (finite, Hermitian, a density matrix, and each
+    relation between concrete ones), raising :class:`InputError` naming the argument; a traced
+    argument skips only its own value checks. Pytree unflattening (under ``jit``/``vmap``) skips
+    validation.
 
     Example:
         >>> import jax.numpy as jnp, qep_jax
@@ -181,9 +296,11 @@ class OpenSystem:
         number_operators=None,
         diagonal_reservoirs: bool | None = None,
     ):
-        h_res = _as_matrix_tuple("h_reservoirs", h_reservoirs)
+        h_res = _as_matrix_tuple("h_reservoirs", h_reservoirs, what="reservoir Hamiltonian")
         n_res = len(h_res)
         n_ops = None if number_operators is None else _as_matrix_tuple("number_operators", number_operators)
+        # First: the dtype below needs numbers (a string beta failed inside JAX naming nothing).
+        _validate(h_system, h_res, betas, coupling, rho_system, chemical_potentials, n_ops)
         leaves = [h_system, *h_res, betas, coupling, rho_system]
         if chemical_potentials is not None:
             leaves.append(chemical_potentials)
@@ -193,15 +310,9 @@ class OpenSystem:
         dtype = jnp.result_type(*[jax.dtypes.canonicalize_dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
                                   for x in leaves], float)
         check_precision(dtype, "the OpenSystem's inputs")
-        _validate(h_system, h_res, betas, coupling, rho_system, chemical_potentials, n_ops)
 
         def conv(x, name, to=dtype):
-            # Finite in the caller's precision, it may overflow in a narrower one (1e39 in float32).
-            if _is_concrete(x) and np.finfo(_real_dtype(x)).bits > jnp.finfo(to).bits:
-                largest = float(np.max(np.abs(np.asarray(x)), initial=0.0))
-                if largest > float(jnp.finfo(to).max):
-                    raise InputError(f"{name} overflows {jnp.dtype(to).name} (|entries| up to {largest:.3g}); "
-                                     f"rescale it or enable float64 (jax.config.update('jax_enable_x64', True)).")
+            check_overflow(name, x, to)
             return jnp.asarray(x, dtype=to)
 
         real = jnp.finfo(dtype).dtype
@@ -304,49 +415,38 @@ def _diagonal_flag(declared, h_res, n_ops) -> bool:
 
 
 def _validate(h_system, h_res, betas, coupling, rho_system, chemical_potentials, n_ops) -> None:
-    """Every check whose arguments are concrete. A traced argument (jit, grad, vmap) is skipped on its
-    own: one traced beta used to switch off the checks of every concrete matrix as well."""
-
-    def matrix(name, x, dim=None):
-        if not _is_concrete(x):
-            return None
-        a = np.asarray(x)
-        check_square(name, a, dim)
-        check_finite(name, a)
-        check_hermitian(name, a)
-        return a
-
-    hs = matrix("h_system", h_system)
-    hr = [matrix(f"h_reservoirs[{r}]", h) for r, h in enumerate(h_res)]
+    """Shape and dtype checks on every argument (static, so known for tracers too: a traced coupling
+    of the wrong size used to build an inconsistent system under jit, a traced complex beta lost its
+    imaginary part); value checks on each concrete one. A traced argument skips only its own value
+    checks: one traced beta used to switch off the checks of every concrete matrix as well."""
+    hs = check_matrix("h_system", h_system)
+    hr = [check_matrix(f"h_reservoirs[{r}]", h) for r, h in enumerate(h_res)]
     n_res = len(h_res)
-    if _is_concrete(betas):
-        b = np.asarray(betas, dtype=float) if np.isrealobj(np.asarray(betas)) else None
-        if b is None:
-            raise InputError("betas must be real inverse temperatures.")
-        if b.ndim > 1 or (b.ndim == 1 and b.shape[0] != n_res):
-            raise InputError(f"betas has shape {b.shape}, expected a scalar or ({n_res},), one per reservoir.")
+    b = numeric("betas", betas, real=True)
+    if b.ndim > 1 or (b.ndim == 1 and b.shape[0] != n_res):
+        raise InputError(f"betas has shape {b.shape}, expected a scalar or ({n_res},), one per reservoir.")
+    if _is_concrete(b):
         check_finite("betas", b)
-    dims = [None if a is None else a.shape[0] for a in [hs] + hr]
-    if _is_concrete(coupling):
-        v = np.asarray(coupling)
-        total = None if None in dims else math.prod(dims)  # unknown while a Hamiltonian is traced
-        if total is not None and v.shape != (total, total):
-            raise InputError(
-                f"coupling has shape {v.shape}, expected ({total}, {total}) = system {dims[0]} x reservoirs "
-                f"{tuple(dims[1:])} in the order s (x) r_1 (x) ... (x) r_K (d_s from h_system, d_r from "
-                f"h_reservoirs); fix whichever of h_system, h_reservoirs and coupling has the wrong size."
-            )
-        matrix("coupling", v)
-    if _is_concrete(rho_system):
-        rho = np.asarray(rho_system)
-        check_square("rho_system", rho, dims[0])
+    dims = [hs.shape[0]] + [h.shape[0] for h in hr]
+    total = math.prod(dims)
+    v = numeric("coupling", coupling)
+    if v.shape != (total, total):
+        raise InputError(
+            f"coupling has shape {v.shape}, expected ({total}, {total}) = system {dims[0]} x reservoirs "
+            f"{tuple(dims[1:])} in the order s (x) r_1 (x) ... (x) r_K (d_s from h_system, d_r from "
+            f"h_reservoirs); fix whichever of h_system, h_reservoirs and coupling has the wrong size."
+        )
+    check_matrix("coupling", v)
+    rho = numeric("rho_system", rho_system)
+    check_square("rho_system", rho, dims[0])
+    if _is_concrete(rho):
         check_finite("rho_system", rho)
         check_density_matrix("rho_system", rho)
     if chemical_potentials is not None:
-        if _is_concrete(chemical_potentials):
-            mu = np.asarray(chemical_potentials)
-            if not np.isrealobj(mu) or mu.ndim > 1 or (mu.ndim == 1 and mu.shape[0] != n_res):
-                raise InputError(f"chemical_potentials must be real with shape () or ({n_res},), got {mu.shape}.")
+        mu = numeric("chemical_potentials", chemical_potentials, real=True)
+        if mu.ndim > 1 or (mu.ndim == 1 and mu.shape[0] != n_res):
+            raise InputError(f"chemical_potentials must be real with shape () or ({n_res},), got {mu.shape}.")
+        if _is_concrete(mu):
             check_finite("chemical_potentials", mu)
         if n_ops is None:
             raise InputError("chemical_potentials needs number_operators (one N_r per reservoir).")
@@ -355,10 +455,11 @@ def _validate(h_system, h_res, betas, coupling, rho_system, chemical_potentials,
             raise InputError(f"number_operators has {len(n_ops)} entries, expected {n_res}, one per reservoir.")
         for r, n in enumerate(n_ops):
             name = f"number_operators[{r}]"
-            n = matrix(name, n, dims[r + 1])
+            n = check_matrix(name, n, dims[r + 1])
             h = hr[r]
-            if n is None or h is None:
+            if not (_is_concrete(n) and _is_concrete(h)):
                 continue
+            n, h = _inexact(n), _inexact(h)
             comm = float(np.max(np.abs(h @ n - n @ h), initial=0.0))
             scale = max(1.0, float(np.max(np.abs(h))) * float(np.max(np.abs(n), initial=1.0)))
             if comm > _tolerance(_real_dtype(h)) * scale * dims[r + 1]:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from ._open_system import InputError, is_int
+from ._open_system import InputError, float_dtype, is_int, numeric
 
 
 def _normalise_keep(dims: tuple[int, ...], keep: int | Sequence[int]) -> tuple[int, ...]:
@@ -39,8 +39,9 @@ def partial_trace(rho: Array, dims: Sequence[int], keep: int | Sequence[int]) ->
     order). ``dims`` and ``keep`` are static Python ints; index bookkeeping happens before tracing.
 
     Args:
-        rho: ``(..., D, D)`` with ``D = prod(dims)``.
-        dims: subsystem dimensions.
+        rho: ``(..., D, D)`` with ``D = prod(dims)``; integer entries are promoted to the float type,
+            bool is refused.
+        dims: subsystem dimensions (a sequence of positive ints, e.g. ``(2, 3)``).
         keep: index or indices of the subsystems to keep (returned in increasing order).
 
     Returns:
@@ -52,11 +53,20 @@ def partial_trace(rho: Array, dims: Sequence[int], keep: int | Sequence[int]) ->
         >>> qep_jax.partial_trace(rho, (2, 3), keep=0)
         Array([[1., 0.], [0., 0.]], ...)
     """
+    if is_int(dims):  # tuple(6) said "'int' object is not iterable"
+        raise InputError(f"partial_trace: dims={dims!r} must be a sequence of subsystem dimensions, e.g. ({dims},) "
+                         f"for a single subsystem.")
+    if (isinstance(dims, (str, bytes)) or not isinstance(dims, (Sequence, np.ndarray))
+            or (isinstance(dims, np.ndarray) and dims.ndim != 1)):
+        raise InputError(f"partial_trace: dims={dims!r} must be a sequence of subsystem dimensions (ints), "
+                         f"e.g. (2, 3).")
+    dims = tuple(dims)
     # int(2.5) == 2 made dims=(2.5, 2) trace a 4 x 4 state as if it were (2, 2).
     if not all(is_int(d) and d >= 1 for d in dims):
-        raise InputError(f"partial_trace: dims={tuple(dims)!r} must be positive integers.")
+        raise InputError(f"partial_trace: dims={dims!r} must be positive integers.")
     dims = tuple(int(d) for d in dims)
-    rho = jnp.asarray(rho)
+    rho = numeric("rho", rho)
+    rho = jnp.asarray(rho, float_dtype(rho))  # integers as floats, like every other matrix input
     total = math.prod(dims)
     if rho.ndim < 2 or rho.shape[-1] != total or rho.shape[-2] != total:
         raise InputError(

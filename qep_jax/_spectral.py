@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from . import _linalg
+from ._open_system import check_matrix, check_precision, float_dtype
 
 
 class Spectrum(NamedTuple):
@@ -28,8 +29,17 @@ class Spectrum(NamedTuple):
 
 
 def diagonalize(h: Array) -> Spectrum:
-    """Eigendecomposition of a Hermitian ``(D, D)`` matrix (real symmetric stays real)."""
-    energies, vectors = _linalg.eigh(h)
+    """Eigendecomposition of a Hermitian ``(D, D)`` matrix (real symmetric stays real).
+
+    ``h`` may be nested lists; integer entries are promoted to the float type, bool is refused.
+    Raises :class:`qep_jax.InputError` for a non-square matrix (also traced: shapes are static) and
+    for a concrete one with NaN or infinite entries or that is not Hermitian (``eigh`` reads one
+    triangle only, so it would have diagonalized another matrix).
+    """
+    h = check_matrix("h", h)
+    dtype = float_dtype(h)
+    check_precision(dtype, "the entries of h")
+    energies, vectors = _linalg.eigh(jnp.asarray(h, dtype))
     return Spectrum(energies, vectors)
 
 
