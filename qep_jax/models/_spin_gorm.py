@@ -6,7 +6,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import Array
 
 from .._evolve import (
@@ -18,16 +17,33 @@ from .._evolve import (
     warn_if_float32,
 )
 from .._linalg import hint_blas_threads
-from .._open_system import (InputError, OpenSystem, _is_concrete, check_count, check_finite, check_hermitian,
-                             check_precision, is_int)
+from .._open_system import (InputError, OpenSystem, check_count, check_flag, check_matrix, check_overflow,
+                             check_precision, check_real_scalar, float_dtype, is_int, numeric)
 from .._propagator_rules import n_series_observables
-from .._random import goe
+from .._random import check_key, check_realization_indices, goe
 from .._trajectory import Trajectory
 
 # Series the spin-GORM kernel evaluates: the independent entries of rho_s(t) and <H_r>.
 N_SERIES = n_series_observables(2, 1, rebuilt_entry=0)  # the spin starts in |0>: rebuild p_0
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
+
+
+def check_parameters(params: dict) -> None:
+    """Real scalars, finite, and finite in the precision they will be stored in (1e39 is inf in
+    float32); traced ones by shape and dtype."""
+    for name, value in params.items():
+        check_real_scalar(name, value)
+        check_overflow(name, value, jnp.result_type(value, float))
+
+
+def check_model_matrix(name: str, x, n: int):
+    """A GOE draw ``(N, N)``: numbers, the right shape (traced too: jit built an inconsistent
+    system from a wrong-size traced ``x``), finite and symmetric when concrete."""
+    x = numeric(name, x)
+    if x.shape != (n, n):
+        raise InputError(f"{name} has shape {x.shape}, expected ({n}, {n}) = (n_levels, n_levels).")
+    return check_matrix(name, x)
 
 
 def _pauli(dtype):
@@ -67,13 +83,7 @@ class SpinGORM:
         if not is_int(n_levels) or n_levels < 2:
             raise InputError(f"n_levels={n_levels!r} must be an int >= 2 (reservoir levels from -1/2 to 1/2).")
         params = {"delta": delta, "coupling_strength": coupling_strength, "beta": beta}
-        for name, value in params.items():
-            if _is_concrete(value):
-                arr = np.asarray(value)
-                # kind: a string or None gave NumPy's "ufunc 'isfinite' not supported" naming nothing.
-                if arr.shape != () or arr.dtype.kind not in "iuf":
-                    raise InputError(f"{name}={value!r} must be a real scalar.")
-                check_finite(name, arr)
+        check_parameters(params)
         object.__setattr__(self, "n_levels", int(n_levels))
         # Python numbers take JAX's default float; NumPy/JAX float32 scalars keep float32.
         for name, value in params.items():
@@ -110,14 +120,9 @@ class SpinGORM:
     def open_system(self, x: Array) -> OpenSystem:
         """The problem description for one GOE matrix ``x`` ``(N, N)``."""
         n = self.n_levels
-        x = jnp.asarray(x)  # nested lists too
-        if _is_concrete(x):
-            arr = np.asarray(x)
-            if arr.shape != (n, n):
-                raise InputError(f"x has shape {arr.shape}, expected ({n}, {n}) = (n_levels, n_levels).")
-            check_finite("x", arr)
-            check_hermitian("x", arr)
-        dtype = jnp.result_type(self.dtype, x)
+        x = check_model_matrix("x", x, n)
+        dtype = jnp.result_type(self.dtype, float_dtype(x))
+        check_overflow("x", x, dtype)
         sigma_z, sigma_x = _pauli(dtype)
         coupling_matrix = jnp.asarray(x, dtype) / jnp.sqrt(jnp.asarray(8.0 * n, dtype))
         return OpenSystem(
@@ -147,22 +152,28 @@ class SpinGORM:
         by the batch, not by ``n_realizations``; results do not depend on the batch size.
 
         Args:
-            key: ``jax.random`` key.
+            key: one ``jax.random`` key, e.g. ``jax.random.key(seed)``.
             times: ``(T,)`` time points.
             n_realizations: number of realizations.
             reservoir_entropies: see :func:`qep_jax.evolve`.
             batch_size: realizations evaluated together; default from ``memory_budget``, on the
                 CPU also at most what stays in cache (2-8 here; larger batches ran slower).
             time_batch_size: see :func:`qep_jax.evolve`.
-            memory_budget: bytes the batch may use (estimate); a run whose single realization
-                does not fit raises :class:`qep_jax.InputError`.
-            first_realization: index of the first realization (for continuing an ensemble).
+            memory_budget: bytes the batch may use (estimate), a positive int; a run whose single
+                realization does not fit raises :class:`qep_jax.InputError`.
+            first_realization: index of the first realization (for continuing an ensemble);
+                ``first_realization + n_realizations <= 2**32`` (``2**31`` without x64): ``fold_in``
+                keeps 32 bits of the index.
 
         Returns:
             :class:`Trajectory` with a leading ``(n_realizations,)`` axis on every field.
         """
+        check_key(key)
         n_realizations = check_count("n_realizations", n_realizations)
         first_realization = check_count("first_realization", first_realization, minimum=0)
+        check_realization_indices(first_realization, n_realizations)
+        reservoir_entropies = check_flag("reservoir_entropies", reservoir_entropies)
+        memory_budget = check_count("memory_budget", memory_budget)
         times = check_times(times, self.dtype)
         warn_if_float32(self.dtype)
         dims = (2, self.n_levels)

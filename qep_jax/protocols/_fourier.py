@@ -10,7 +10,7 @@ from jax import Array
 
 from .._open_system import InputError, check_count
 from ._piecewise_constant import PiecewiseConstant
-from ._validate import positive, real_array, register_frozen, sequences_as_arrays
+from ._validate import as_real, positive, real_array, register_frozen, sequences_as_arrays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ class FourierRamp:
             )
         dtype = jnp.result_type(self.duration, self.start, self.end, self.coefficients, float)
         for name in ("duration", "start", "end", "coefficients"):
-            object.__setattr__(self, name, jnp.asarray(getattr(self, name), dtype))
+            object.__setattr__(self, name, as_real(name, getattr(self, name), dtype))
 
     @property
     def n_controls(self) -> int:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from .._open_system import InputError
-from ._validate import nonnegative, real_array, register_frozen, sequences_as_arrays
+from ._validate import as_real, nonnegative, real_array, register_frozen, sequences_as_arrays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +50,9 @@ class PiecewiseConstant:
         if n_steps < 1:
             raise InputError("durations is empty; give at least one step.")
         real = jnp.result_type(float)
-        object.__setattr__(self, "durations", jnp.asarray(self.durations, jnp.result_type(self.durations, real)))
-        object.__setattr__(self, "values", jnp.asarray(self.values, jnp.result_type(self.values, real)))
+        for name in ("durations", "values"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, as_real(name, value, jnp.result_type(value, real)))
 
     @property
     def n_steps(self) -> int:

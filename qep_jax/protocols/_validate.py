@@ -1,23 +1,30 @@
-"""Shared input checks for protocols (concrete inputs only; tracers pass through)."""
+"""Shared input checks for protocols: shapes and dtypes of every field (tracers too), values of concrete ones."""
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
-from .._open_system import InputError, _is_concrete
+from .._open_system import InputError, _is_concrete, check_finite, check_overflow, numeric
 
 
 def real_array(name: str, value, ndim: int) -> None:
-    """Raise :class:`InputError` unless ``value`` is a finite real array with ``ndim`` dimensions."""
-    if not _is_concrete(value):
-        return
-    arr = np.asarray(value)
+    """Raise :class:`InputError` unless ``value`` is a real array with ``ndim`` dimensions, finite when
+    concrete. Shape and dtype are static, so a traced field is checked too (a traced 1-D ``values``
+    failed later with an IndexError); bool, strings and ``None`` are refused."""
+    arr = numeric(name, value)
     if arr.ndim != ndim:
         raise InputError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}.")
-    if not np.isrealobj(arr):
+    if jnp.iscomplexobj(arr):
         raise InputError(f"{name} must be real (control amplitudes multiply Hermitian operators).")
-    if not np.all(np.isfinite(arr)):
-        raise InputError(f"{name} contains NaN or infinite entries; pass finite numbers.")
+    if _is_concrete(arr):
+        check_finite(name, arr)
+
+
+def as_real(name: str, value, dtype):
+    """``value`` in ``dtype``, refused if it overflows it (1e39 in float32 became inf)."""
+    check_overflow(name, value, dtype)
+    return jnp.asarray(value, dtype)
 
 
 def positive(name: str, value) -> None:
