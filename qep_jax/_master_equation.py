@@ -2,7 +2,8 @@
 
 Derivations, the prefactor 1/8 of ``a(w)`` and the regimes of validity: ``docs/master_equation.md``.
 Units hbar = k_B = 1. Every function is a pure ``jnp`` computation (jittable, vmappable over
-parameters); validation happens only on concrete inputs.
+parameters). Arguments are validated before it: shapes and dtypes always (they are static, so
+traced arguments too), values (finite, in range, Hermitian, density matrices) when concrete.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from jax import Array
 
 from ._entropy import von_neumann_entropy
 from ._evolve import check_times
-from ._open_system import InputError, _is_concrete, check_density_matrix, check_finite
+from ._open_system import (InputError, _is_concrete, check_density_matrix, check_finite, check_matrix, check_overflow,
+                           check_real_scalar, float_dtype, numeric)
 from ._propagator_rules import _gibbs_weights
 from .models._spin_gorm import SpinGORM
 
@@ -26,9 +28,45 @@ from .models._spin_gorm import SpinGORM
 SPECTRUM_PREFACTOR = 1.0 / 8.0
 
 
+def _scalar(name: str, value, dtype=None) -> None:
+    """A finite real scalar that stays finite in ``dtype`` (default: the float type it computes in)."""
+    check_real_scalar(name, value)
+    check_overflow(name, value, dtype or jnp.result_type(value, float))
+
+
+def _positive(name: str, value, what: str) -> None:
+    _scalar(name, value)
+    if _is_concrete(value) and not float(np.asarray(value)) > 0.0:
+        raise InputError(f"{name}={value!r} must be positive ({what}).")
+
+
 def _check_prefactor(prefactor) -> None:
-    if _is_concrete(prefactor) and not float(np.asarray(prefactor)) > 0.0:
-        raise InputError(f"prefactor={prefactor!r} must be positive (1/8 for qep_jax's GOE normalisation).")
+    _positive("prefactor", prefactor, "1/8 for qep_jax's GOE normalisation")
+
+
+def _check_delta(delta) -> None:
+    _scalar("delta", delta)
+    if _is_concrete(delta) and not 0.0 < float(np.asarray(delta)) <= 1.0:
+        raise InputError(f"delta={delta!r} must lie in (0, 1]: the spin splitting Delta, inside the unit band "
+                         f"(beyond it both rates vanish).")
+
+
+def _real_array(name: str, value):
+    """``value`` (lists too) as a real float array, finite when concrete."""
+    a = numeric(name, value, real=True)
+    if _is_concrete(a):
+        check_finite(name, a)
+    return jnp.asarray(a, float_dtype(a))
+
+
+def _forward_times(times, dtype=None) -> Array:
+    """A time grid of ``t >= 0``: the predictions decay forward in time; at t = -1000 the Redfield
+    population was -1.2e4 and the shell one -inf."""
+    times = check_times(times, dtype)
+    if _is_concrete(times) and np.any(np.asarray(times) < 0):
+        raise InputError(f"times must be >= 0 (got {float(np.min(np.asarray(times))):g}); the master-equation "
+                         f"predictions hold forward in time from the product state at t = 0.")
+    return times
 
 
 def _check_model(model) -> None:
@@ -66,8 +104,8 @@ def reservoir_spectrum(frequencies, beta, *, prefactor=SPECTRUM_PREFACTOR) -> Ar
     unit width, ``N -> infinity``). ``w`` is the energy absorbed by the reservoir; ``int a = prefactor``.
 
     Args:
-        frequencies: ``(...)`` real.
-        beta: ``()`` inverse temperature of the reservoir.
+        frequencies: ``(...)`` real, finite.
+        beta: ``()`` finite inverse temperature of the reservoir (any sign).
         prefactor: ``1/8`` for :func:`qep_jax.goe`'s ``exp(-Tr X^2/4)`` (derived in
             ``docs/master_equation.md``); ``1/16`` is the ``exp(-Tr X^2/2)`` reading of the paper.
 
@@ -81,7 +119,8 @@ def reservoir_spectrum(frequencies, beta, *, prefactor=SPECTRUM_PREFACTOR) -> Ar
         True
     """
     _check_prefactor(prefactor)
-    w = jnp.asarray(frequencies, dtype=jnp.result_type(frequencies, float))
+    w = _real_array("frequencies", frequencies)
+    _scalar("beta", beta, w.dtype)
     beta = jnp.asarray(beta, dtype=w.dtype)
     magnitude = jnp.abs(w)
     inside = magnitude <= 1.0
@@ -96,9 +135,9 @@ def reservoir_spectrum_lines(energies, coupling_matrix, beta) -> tuple[Array, Ar
     balance holds line by line: ``weight_lk = e^{-beta w_kl} weight_kl``.
 
     Args:
-        energies: ``(N,)`` reservoir levels ``e_k`` (eigenvalues of ``H_r``, which is diagonal).
+        energies: ``(N,)`` real reservoir levels ``e_k`` (eigenvalues of ``H_r``, which is diagonal).
         coupling_matrix: ``(N, N)`` Hermitian ``R`` in the eigenbasis of ``H_r``.
-        beta: ``()`` inverse temperature.
+        beta: ``()`` finite inverse temperature.
 
     Returns:
         ``(frequencies, weights)``, both ``(N, N)``.
@@ -110,12 +149,15 @@ def reservoir_spectrum_lines(energies, coupling_matrix, beta) -> tuple[Array, Ar
         >>> w.shape
         (4, 4)
     """
-    e = jnp.asarray(energies)
-    r = jnp.asarray(coupling_matrix)
-    if _is_concrete(r) and _is_concrete(e):
-        n = e.shape[-1]
-        if e.ndim != 1 or r.shape != (n, n):
-            raise InputError(f"energies {e.shape} and coupling_matrix {r.shape} must be (N,) and (N, N).")
+    e = _real_array("energies", energies)
+    if e.ndim != 1 or e.shape[0] == 0:  # a scalar raised IndexError
+        raise InputError(f"energies has shape {e.shape}, expected (N,): the reservoir levels.")
+    n = e.shape[0]
+    r = numeric("coupling_matrix", coupling_matrix)
+    if r.shape != (n, n):  # checked under jit too: the shapes are static
+        raise InputError(f"coupling_matrix has shape {r.shape}, expected ({n}, {n}) = (N, N), N = len(energies).")
+    r = check_matrix("coupling_matrix", r)
+    _scalar("beta", beta, e.dtype)
     p = _gibbs_weights(e, beta)[0]
     return e[None, :] - e[:, None], p[:, None] * jnp.abs(r) ** 2
 
@@ -129,11 +171,11 @@ def reservoir_spectrum_sampled(frequencies, energies, coupling_matrix, beta, *, 
     ``width`` several level spacings wide (``>~ 5 / (N - 1)``) so that each bin holds many lines.
 
     Args:
-        frequencies: ``(F,)`` where to evaluate.
+        frequencies: ``(F,)`` (or a scalar) where to evaluate.
         energies: ``(N,)`` reservoir levels.
-        coupling_matrix: ``(N, N)`` ``R`` in the eigenbasis of ``H_r``.
-        beta: ``()`` inverse temperature.
-        width: ``()`` kernel width (energy).
+        coupling_matrix: ``(N, N)`` Hermitian ``R`` in the eigenbasis of ``H_r``.
+        beta: ``()`` finite inverse temperature.
+        width: ``()`` positive kernel width (energy).
         kernel: ``"gaussian"`` or ``"box"`` (static).
 
     Returns:
@@ -147,13 +189,15 @@ def reservoir_spectrum_sampled(frequencies, energies, coupling_matrix, beta, *, 
         >>> a.shape
         (1,)
     """
-    if kernel not in ("gaussian", "box"):
+    if not isinstance(kernel, str) or kernel not in ("gaussian", "box"):
         raise InputError(f"kernel={kernel!r} must be 'gaussian' or 'box'.")
-    if _is_concrete(width) and not float(np.asarray(width)) > 0.0:
-        raise InputError(f"width={width!r} must be positive.")
+    _positive("width", width, "the kernel width, an energy several level spacings wide")
     lines, weights = reservoir_spectrum_lines(energies, coupling_matrix, beta)
     lines, weights = lines.reshape(-1), weights.reshape(-1)
-    w = jnp.atleast_1d(jnp.asarray(frequencies, dtype=weights.dtype))
+    w = _real_array("frequencies", frequencies)
+    if w.ndim > 1:  # lax.map went over the rows and failed to broadcast
+        raise InputError(f"frequencies has shape {w.shape}, expected (F,) or a scalar.")
+    w = jnp.atleast_1d(w.astype(weights.dtype))
 
     def at(omega):  # one frequency at a time: memory O(N^2), not O(F N^2)
         x = omega - lines
@@ -182,8 +226,8 @@ def redfield_rates(delta, coupling_strength, beta, *, prefactor=SPECTRUM_PREFACT
 
     Args:
         delta: ``()`` spin splitting ``Delta`` (``0 < Delta <= 1``).
-        coupling_strength: ``()`` ``lambda``.
-        beta: ``()`` inverse temperature.
+        coupling_strength: ``()`` real ``lambda``.
+        beta: ``()`` finite inverse temperature.
         prefactor: of :func:`reservoir_spectrum`.
 
     Returns:
@@ -195,6 +239,9 @@ def redfield_rates(delta, coupling_strength, beta, *, prefactor=SPECTRUM_PREFACT
         >>> round(float(rates.relaxation), 5)
         0.01074
     """
+    _check_delta(delta)
+    _scalar("coupling_strength", coupling_strength)
+    _scalar("beta", beta)
     scale = 2.0 * jnp.pi * jnp.asarray(coupling_strength, dtype=jnp.result_type(coupling_strength, float)) ** 2
     a = reservoir_spectrum(jnp.stack([-jnp.asarray(delta), jnp.asarray(delta)]), beta, prefactor=prefactor)
     up, down = scale * a[0], scale * a[1]
@@ -212,9 +259,9 @@ def redfield_state(times, delta, coupling_strength, beta, rho_system0, *, prefac
     dephasing; the Lamb shift is neglected).
 
     Args:
-        times: ``(T,)``.
-        delta, coupling_strength, beta: ``()`` model parameters.
-        rho_system0: ``(2, 2)`` initial spin state.
+        times: ``(T,)``, ``t >= 0``.
+        delta, coupling_strength, beta: ``()`` model parameters, as in :func:`redfield_rates`.
+        rho_system0: ``(2, 2)`` initial spin state (a density matrix).
         prefactor: of :func:`reservoir_spectrum`.
 
     Returns:
@@ -226,13 +273,14 @@ def redfield_state(times, delta, coupling_strength, beta, rho_system0, *, prefac
         >>> round(float(rho[-1, 1, 1].real), 4)  # 1 / (1 + e^{beta Delta})
         0.2689
     """
-    times = check_times(times)
-    rho0 = jnp.asarray(rho_system0)
+    times = _forward_times(times)
+    rho0 = numeric("rho_system0", rho_system0)
+    if rho0.shape != (2, 2):  # under jit too: a traced 3 x 3 state was read as its top-left corner
+        raise InputError(f"rho_system0 has shape {rho0.shape}, expected (2, 2).")
     if _is_concrete(rho0):
-        if rho0.shape != (2, 2):
-            raise InputError(f"rho_system0 has shape {rho0.shape}, expected (2, 2).")
-        check_finite("rho_system0", np.asarray(rho0))
-        check_density_matrix("rho_system0", np.asarray(rho0))
+        check_finite("rho_system0", rho0)
+        check_density_matrix("rho_system0", rho0)
+    rho0 = jnp.asarray(rho0, float_dtype(rho0))
     rates = redfield_rates(delta, coupling_strength, beta, prefactor=prefactor)
     p_eq = (1 + rates.sigma_z_eq) / 2  # = up / (up + down), also where both rates vanish
     decay = jnp.exp(-rates.relaxation * times)
@@ -251,13 +299,14 @@ def open_entropy_production(system_states, h_system, beta, initial_state) -> Arr
     with ``rho_s^eq = e^{-beta H_s} / Z_s``.
 
     Args:
-        system_states: ``(..., d, d)`` ``rho_s(t)``.
-        h_system: ``(d, d)`` ``H_s``.
-        beta: ``()`` inverse temperature.
-        initial_state: ``(d, d)`` ``rho_s(0)``.
+        system_states: ``(..., d, d)`` density matrices ``rho_s(t)``.
+        h_system: ``(d, d)`` Hermitian ``H_s``.
+        beta: ``()`` finite inverse temperature.
+        initial_state: ``(d, d)`` density matrix ``rho_s(0)``, or ``(..., d, d)`` one per state
+            (the batch shapes must broadcast).
 
     Returns:
-        ``(...)`` in nats.
+        ``(...)`` in nats (the broadcast batch shape).
 
     Example:
         >>> import jax.numpy as jnp, qep_jax
@@ -265,10 +314,35 @@ def open_entropy_production(system_states, h_system, beta, initial_state) -> Arr
         >>> float(qep_jax.open_entropy_production(rho0, h, 10.0, rho0))
         0.0
     """
-    rho = jnp.asarray(system_states)
-    energy = jnp.real(jnp.einsum("ij,...ji->...", h_system, rho))
-    energy0 = jnp.real(jnp.trace(h_system @ initial_state))
-    return von_neumann_entropy(rho) - von_neumann_entropy(initial_state) - beta * (energy - energy0)
+    rho = _density_matrices("system_states", system_states)
+    d = rho.shape[-1]
+    rho0 = _density_matrices("initial_state", initial_state, d)
+    try:
+        np.broadcast_shapes(rho.shape[:-2], rho0.shape[:-2])
+    except ValueError:
+        raise InputError(f"system_states has batch shape {rho.shape[:-2]} and initial_state {rho0.shape[:-2]}, which "
+                         f"do not broadcast; give one initial_state or one per state.") from None
+    h = check_matrix("h_system", h_system, d)
+    _scalar("beta", beta)
+    dtype = jnp.result_type(rho.dtype, rho0.dtype, float_dtype(h))
+    rho, rho0, h = (jnp.asarray(x, dtype) for x in (rho, rho0, h))
+    # Tr H rho over the last two axes of each: jnp.trace(h @ rho0) traced over the batch axes.
+    energy = jnp.real(jnp.einsum("ij,...ji->...", h, rho))
+    energy0 = jnp.real(jnp.einsum("ij,...ji->...", h, rho0))
+    return von_neumann_entropy(rho) - von_neumann_entropy(rho0) - beta * (energy - energy0)
+
+
+def _density_matrices(name: str, value, dim: int | None = None) -> Array:
+    """``(..., d, d)`` numbers (``d = dim`` if given); density matrices when concrete."""
+    a = numeric(name, value)
+    if (a.ndim < 2 or a.shape[-1] != a.shape[-2] or a.shape[-1] == 0
+            or (dim is not None and a.shape[-1] != dim)):
+        size = "d" if dim is None else dim
+        raise InputError(f"{name} has shape {a.shape}, expected (..., {size}, {size}) density matrices.")
+    if _is_concrete(a):
+        check_finite(name, a)
+        check_density_matrix(name, a)
+    return jnp.asarray(a, float_dtype(a))
 
 
 class MasterEquationPrediction(NamedTuple):
@@ -322,7 +396,7 @@ def redfield_prediction(model: SpinGORM, times, *, prefactor=SPECTRUM_PREFACTOR)
 
     Args:
         model: :class:`qep_jax.SpinGORM` (its ``n_levels`` is not used: ``N -> infinity``).
-        times: ``(T,)``.
+        times: ``(T,)``, ``t >= 0``.
         prefactor: of :func:`reservoir_spectrum`.
 
     Returns:
@@ -336,7 +410,7 @@ def redfield_prediction(model: SpinGORM, times, *, prefactor=SPECTRUM_PREFACTOR)
         (4,)
     """
     _check_model(model)
-    times = check_times(times)
+    times = _forward_times(times)
     rates = redfield_rates(model.delta, model.coupling_strength, model.beta, prefactor=prefactor)
     p_eq = (1 + rates.sigma_z_eq) / 2  # = up / (up + down), also where both rates vanish
     p_up = p_eq * (-jnp.expm1(-rates.relaxation * times))
@@ -385,7 +459,7 @@ def shell_prediction(model: SpinGORM, times, *, prefactor=SPECTRUM_PREFACTOR) ->
 
     Args:
         model: :class:`qep_jax.SpinGORM` (region weights summed over its ``N`` levels).
-        times: ``(T,)``.
+        times: ``(T,)``, ``t >= 0``.
         prefactor: of :func:`reservoir_spectrum`.
 
     Returns:
@@ -400,7 +474,7 @@ def shell_prediction(model: SpinGORM, times, *, prefactor=SPECTRUM_PREFACTOR) ->
     """
     _check_model(model)
     _check_prefactor(prefactor)
-    times = check_times(times)
+    times = _forward_times(times)
     rate = 2.0 * jnp.pi * model.coupling_strength**2 * prefactor
     pair = shell_pair_probability(model)
     filling = -jnp.expm1(-2.0 * rate * times) / 2  # f(t): fraction of each shell's weight moved up

@@ -306,3 +306,99 @@ def test_models_check_traced_matrix_shapes_and_half_precision():
 def test_protocol_field_checks(build, pattern):
     with pytest.raises(InputError, match=pattern):
         build()
+
+
+# -- master-equation predictions (A3, A4, A5, A6, B4, B6, B9, C6) ----------------------------------
+
+E4 = np.linspace(-0.5, 0.5, 4)
+R4 = np.eye(4) / np.sqrt(32.0)
+
+
+@pytest.mark.parametrize("call, pattern", [
+    # Silent wrong answers: NaN frequencies gave a(w) = 0, delta = NaN zero rates, delta = 2 zero
+    # rates outside the documented range, a complex lambda negative rates, beta = inf NaN.
+    (lambda: qep_jax.reservoir_spectrum([np.nan], 10.0), "frequencies contains NaN"),
+    (lambda: qep_jax.reservoir_spectrum([0.1, 1.0], np.inf), "beta contains NaN or infinite"),
+    (lambda: qep_jax.reservoir_spectrum([0.1], np.array([1.0, 2.0])), "beta=.* must be a real scalar"),
+    (lambda: qep_jax.reservoir_spectrum([0.1 + 0j], 1.0), "frequencies has dtype complex128; it must be real"),
+    (lambda: qep_jax.reservoir_spectrum(0.1, 1.0, prefactor="1/8"), "prefactor='1/8' must be a real scalar"),
+    (lambda: qep_jax.reservoir_spectrum(0.1, 1.0, prefactor=np.inf), "prefactor contains NaN"),
+    (lambda: qep_jax.redfield_rates(np.nan, 0.1, 10.0), "delta contains NaN"),
+    (lambda: qep_jax.redfield_rates(2.0, 0.1, 10.0), r"delta=2.0 must lie in \(0, 1\]"),
+    (lambda: qep_jax.redfield_rates(0.0, 0.1, 10.0), r"delta=0.0 must lie in \(0, 1\]"),
+    (lambda: qep_jax.redfield_rates(0.1, 0.1j, 10.0), "coupling_strength=0.1j must be a real scalar"),
+    (lambda: qep_jax.redfield_rates(0.1, [0.1, 0.2], 10.0), r"coupling_strength=\[0.1, 0.2\] must be a real scalar"),
+    (lambda: qep_jax.redfield_rates(0.1, 0.1, np.nan), "beta contains NaN"),
+    (lambda: qep_jax.redfield_state([0.0], np.nan, 0.1, 10.0, RHO), "delta contains NaN"),
+    (lambda: qep_jax.reservoir_spectrum_lines(1.0, np.eye(2), 1.0), r"energies has shape \(\), expected \(N,\)"),
+    (lambda: qep_jax.reservoir_spectrum_lines(E4, np.eye(3), 1.0),
+     r"coupling_matrix has shape \(3, 3\), expected \(4, 4\) = \(N, N\)"),
+    (lambda: qep_jax.reservoir_spectrum_lines(E4, np.triu(np.ones((4, 4))), 1.0), "coupling_matrix is not Hermitian"),
+    (lambda: qep_jax.reservoir_spectrum_lines(E4, R4, np.nan), "beta contains NaN"),
+    (lambda: qep_jax.reservoir_spectrum_sampled([0.1], E4, R4, 1.0, width=np.array([0.1, 0.2])),
+     r"width=array\(\[0.1, 0.2\]\) must be a real scalar"),
+    (lambda: qep_jax.reservoir_spectrum_sampled([0.1], E4, R4, 1.0, width=np.inf), "width contains NaN"),
+    (lambda: qep_jax.reservoir_spectrum_sampled(np.ones((2, 3)), E4, R4, 1.0, width=0.1),
+     r"frequencies has shape \(2, 3\), expected \(F,\)"),
+])
+def test_master_equation_arguments_are_checked(call, pattern):
+    with pytest.raises(InputError, match=pattern):
+        call()
+
+
+def test_master_equation_accepts_lists_ints_and_traced_parameters():
+    np.testing.assert_allclose(qep_jax.reservoir_spectrum([0.1, -0.1], 10.0),
+                               qep_jax.reservoir_spectrum(jnp.array([0.1, -0.1]), 10.0))
+    np.testing.assert_allclose(qep_jax.reservoir_spectrum(0, 10), 1 / 8)
+    freq, weight = qep_jax.reservoir_spectrum_lines([0.0, 1.0], [[0.0, 1.0], [1.0, 0.0]], 1.0)
+    np.testing.assert_allclose(weight, [[0.0, 1 / (1 + np.exp(-1.0))], [1 / (1 + np.e), 0.0]], rtol=1e-12)
+    rates = jax.vmap(lambda d: qep_jax.redfield_rates(d, 0.1, 10.0).relaxation)(jnp.array([0.1, 0.2]))
+    np.testing.assert_allclose(rates[0], qep_jax.redfield_rates(0.1, 0.1, 10.0).relaxation, rtol=1e-14)
+    # The shape checks hold under jit (they skipped tracers: a broadcasting error inside).
+    with pytest.raises(InputError, match=r"coupling_matrix has shape \(3, 3\), expected \(4, 4\)"):
+        jax.jit(qep_jax.reservoir_spectrum_lines)(E4, np.eye(3), 1.0)
+    with pytest.raises(InputError, match="delta must be a real scalar, got a traced value of shape"):
+        jax.jit(lambda d: qep_jax.redfield_rates(d, 0.1, 10.0))(jnp.array([0.1, 0.2]))
+
+
+def test_predictions_refuse_negative_times():
+    model = qep_jax.SpinGORM(101, 0.1, 0.3, 10.0)
+    # Populations of -2.6e41 (Redfield), -inf (shell) and -1.2e4 (redfield_state) came out.
+    for call in (lambda: qep_jax.redfield_prediction(model, [0.0, -1000.0]),
+                 lambda: qep_jax.shell_prediction(model, [-1e5]),
+                 lambda: qep_jax.redfield_state([-1000.0], 0.1, 0.1, 10.0, RHO)):
+        with pytest.raises(InputError, match=r"times must be >= 0 \(got -1000(00)?\); the master-equation predictions"):
+            call()
+
+
+def test_redfield_state_checks_the_shape_of_a_traced_state():
+    # Under jit a 3 x 3 state was read as its top-left 2 x 2 corner.
+    f = jax.jit(lambda r: qep_jax.redfield_state(jnp.array([0.0]), 0.1, 0.1, 10.0, r))
+    with pytest.raises(InputError, match=r"rho_system0 has shape \(3, 3\), expected \(2, 2\)"):
+        f(np.eye(3) / 3)
+    np.testing.assert_allclose(f(np.diag([1.0, 0.0]))[0], np.diag([1.0, 0.0]), atol=1e-15)
+    np.testing.assert_allclose(qep_jax.redfield_state([0.0], 0.1, 0.1, 10.0, [[1, 0], [0, 0]])[0], RHO, atol=1e-15)
+
+
+def test_open_entropy_production_checks_and_batches():
+    hs = np.diag([-0.05, 0.05])
+    half = np.eye(2) / 2
+    for args, pattern in (
+            ((RHO, np.eye(3), 10.0, RHO), r"h_system has shape \(3, 3\), expected \(2, 2\)"),
+            ((RHO, np.triu(np.ones((2, 2))), 10.0, half), "h_system is not Hermitian"),
+            ((2 * RHO, hs, 10.0, RHO), "system_states has trace 2"),  # it gave -0.886
+            ((np.stack([RHO, 2 * RHO]), hs, 10.0, RHO), r"system_states\[1\] has trace 2"),
+            ((RHO, hs, 10.0, np.eye(3) / 3), r"initial_state has shape \(3, 3\), expected \(..., 2, 2\)"),
+            ((RHO, hs, np.nan, RHO), "beta contains NaN"),
+            ((np.stack([RHO] * 3), hs, np.array([1.0, 2.0]), RHO), "beta=.* must be a real scalar"),
+            ((np.stack([RHO] * 3), hs, 10.0, np.stack([RHO] * 2)), r"batch shape \(3,\) and initial_state \(2,\)")):
+        with pytest.raises(InputError, match=pattern):
+            qep_jax.open_entropy_production(*args)
+    # Lists work (einsum refused them); a batch of initial states is one per state (jnp.trace
+    # summed over the batch axes: [0, 0.5] instead of [0, 0]).
+    np.testing.assert_allclose(qep_jax.open_entropy_production(RHO.tolist(), hs.tolist(), 10.0, RHO.tolist()), 0.0)
+    np.testing.assert_allclose(qep_jax.open_entropy_production(RHO, hs, 10.0, np.stack([RHO, RHO])), [0.0, 0.0],
+                               atol=1e-15)
+    pair = qep_jax.open_entropy_production(np.stack([RHO, half]), hs, 10.0, np.stack([half, RHO]))
+    np.testing.assert_allclose(pair, [-qep_jax.open_entropy_production(half, hs, 10.0, RHO),
+                                      qep_jax.open_entropy_production(half, hs, 10.0, RHO)], rtol=1e-12)
