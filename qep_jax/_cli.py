@@ -483,7 +483,7 @@ def _check_memory(model, s: dict) -> None:
     try:
         check_memory(model, len(s["times"]), s["realizations"], s["quantities"] or DEFAULT_QUANTITIES,
                      s["keep_realizations"], s["chunk_size"], s["memory_budget"], jax.device_count(),
-                     names=_memory_names(s["names"]))
+                     names=_memory_names(s["names"]), vectorized=jax.devices()[0].platform != "cpu")
     except InputError as err:
         raise UsageError(str(err)) from None
 

@@ -33,7 +33,7 @@ from ._evolve import (
 from ._interrupt import remember_ctrl_c
 from ._linalg import batch_eigh_workers, hint_blas_threads
 from ._open_system import InputError, is_int
-from ._statistics import Moments, merge_all
+from ._statistics import Moments
 from ._trajectory import Trajectory
 from .models import SpinGORM
 from .models._spin_gorm import N_SERIES, realization_matrix
@@ -187,9 +187,11 @@ def precision_name(dtype) -> str:
 class MemoryPlan(NamedTuple):
     """How a run uses memory: bytes per realization, time batch and realizations per device."""
 
-    realization_bytes: int
+    realization_bytes: int  # one realization's working memory and its returned series
     time_batch_size: int
-    per_device: int  # realizations one device may hold at once within the budget
+    per_device: int  # realizations one device may hold in a chunk within the budget
+    live_batch: int | None  # CPU: realizations evaluated at once (lax.map batch); None: all of them (vmap)
+    output_bytes: int  # of realization_bytes, the returned series (kept for every realization of a chunk)
 
 
 # How errors name the arguments: the library's keywords; the CLI passes its flags instead.
@@ -209,16 +211,42 @@ def _realization_bytes(n_levels, n_times, itemsize, entropies, time_batch, n_val
     # system_rank = 1: pure initial spin.
     kernel = realization_bytes(dims, n_times, system_rank=1, n_observables=N_SERIES, itemsize=itemsize,
                                reservoir_entropies=entropies, time_batch_size=time_batch)
-    return kernel + n_values * n_times * 8  # the returned float64 series
+    return kernel + _output_bytes(n_times, n_values)
+
+
+def _output_bytes(n_times: int, n_values: int) -> int:
+    """A realization's returned series: the device's buffer and the host's float64 copy."""
+    return 2 * n_values * n_times * 8
+
+
+def _need(n_levels, n_times, itemsize, entropies, n_values, memory_budget) -> tuple[int, int]:
+    """``(bytes, time batch)`` of one realization under ``memory_budget``, which sets the time block."""
+    block = min(DEFAULT_TIME_BLOCK_BYTES, max(1, memory_budget // 4))
+    time_batch = auto_time_batch_size((2, n_levels), n_times, 1, N_SERIES, itemsize, entropies,
+                                      block_bytes=block)
+    return _realization_bytes(n_levels, n_times, itemsize, entropies, time_batch, n_values), time_batch
+
+
+def _smallest_fitting_budget(n_levels, n_times, itemsize, entropies, n_values, need: int) -> int:
+    """The smallest budget that holds one realization: the need grows with the budget (its time
+    block does), so the need under the current budget was refused again when suggested below 256 MiB."""
+    budget = need
+    for _ in range(64):  # the block is capped, so this settles in a few steps
+        grown = _need(n_levels, n_times, itemsize, entropies, n_values, budget)[0]
+        if grown <= budget:
+            return budget
+        budget = grown
+    return budget
 
 
 def _largest_fitting_n_levels(n_levels, n_times, itemsize, entropies, n_values, memory_budget) -> int | None:
     """Largest N < n_levels whose realization fits, by bisection (the estimate grows with N); None if none.
 
-    Scanning every N took 26 s for n_levels = 2e7; bisection needs about 25 estimates.
+    Scanning every N took 26 s for n_levels = 2e7; bisection needs about 25 estimates. Each N is
+    estimated exactly as :func:`plan_memory` will (same time batch), so the suggestion is accepted.
     """
     def fits(n):
-        return _realization_bytes(n, n_times, itemsize, entropies, 1, n_values) <= memory_budget
+        return _need(n, n_times, itemsize, entropies, n_values, memory_budget)[0] <= memory_budget
 
     if n_levels <= 2 or not fits(2):
         return None
@@ -235,44 +263,54 @@ def kept_series_bytes(n_realizations: int, n_times: int, quantities) -> int:
 
 
 def plan_memory(n_levels: int, n_times: int, quantities, itemsize: int, memory_budget: int,
-                names: dict = ARGUMENT_NAMES) -> MemoryPlan:
-    """Memory estimate from the core's ``realization_bytes``; raises ``InputError`` if nothing fits."""
+                names: dict = ARGUMENT_NAMES, *, vectorized: bool = False) -> MemoryPlan:
+    """Memory estimate from the core's ``realization_bytes``; raises ``InputError`` if nothing fits.
+
+    ``vectorized``: a device evaluates its realizations of a chunk together (``vmap``, accelerators).
+    On the CPU (``False``) it loops over them in batches of :func:`cpu_realization_batch`, so only
+    that many realizations' working memory is live, plus every realization's returned series.
+    """
     entropies = any(QUANTITIES[q].needs_reservoir_entropies for q in quantities)
     n_values = len(quantities)
-    block = min(DEFAULT_TIME_BLOCK_BYTES, max(1, memory_budget // 4))
-    time_batch = auto_time_batch_size((2, n_levels), n_times, 1, N_SERIES, itemsize, entropies,
-                                      block_bytes=block)
-    per = _realization_bytes(n_levels, n_times, itemsize, entropies, time_batch, n_values)
+    per, time_batch = _need(n_levels, n_times, itemsize, entropies, n_values, memory_budget)
     if per > memory_budget:
         # What would fit: the budget this run needs, or the largest N within this budget.
+        smallest = _smallest_fitting_budget(n_levels, n_times, itemsize, entropies, n_values, per)
         largest = _largest_fitting_n_levels(n_levels, n_times, itemsize, entropies, n_values, memory_budget)
         alt = f" or {names['n_levels']} <= {largest}" if largest else ""
         raise InputError(
             f"one realization needs about {_format_bytes(per, up=True)} but {names['memory_budget']} is "
-            f"{_format_bytes(memory_budget)}; use {names['memory_budget']} >= {_format_bytes(per, up=True)}{alt}."
+            f"{_format_bytes(memory_budget)}; use {names['memory_budget']} >= "
+            f"{_format_bytes(smallest, up=True)}{alt}."
         )
-    return MemoryPlan(per, time_batch, int(memory_budget // per))
+    out = _output_bytes(n_times, n_values)
+    if vectorized:
+        return MemoryPlan(per, time_batch, int(memory_budget // per), None, out)
+    batch = cpu_realization_batch(per)
+    if batch * per <= memory_budget:
+        # batch * per + (p - batch) * out <= budget
+        return MemoryPlan(per, time_batch, batch + int((memory_budget - batch * per) // out), batch, out)
+    fits = int(memory_budget // per)  # fewer than a batch fit: they are the batch
+    return MemoryPlan(per, time_batch, fits, fits, out)
+
+
+def chunk_bytes(plan: MemoryPlan, per_device: int) -> int:
+    """Estimated bytes one device needs for a chunk of ``per_device`` realizations."""
+    live = per_device if plan.live_batch is None else min(per_device, plan.live_batch)
+    return live * plan.realization_bytes + (per_device - live) * plan.output_bytes
 
 
 def check_memory(model: SpinGORM, n_times: int, n_realizations: int, quantities, keep_realizations: bool,
                  chunk_size: int | None, memory_budget: int, n_devices: int,
-                 names: dict = ARGUMENT_NAMES) -> MemoryPlan:
+                 names: dict = ARGUMENT_NAMES, *, vectorized: bool = False) -> MemoryPlan:
     """Refuse a run that does not fit ``memory_budget``: one realization (per device), the chunk size,
-    and with ``keep_realizations`` every series, which stay in host memory until the end.
+    and with ``keep_realizations`` every series, which stay in host memory until the end (on the
+    CPU, the host is the device: the series and the chunk share the budget).
 
-    ``names`` says how the messages name the arguments (the CLI passes its flags).
+    ``names`` says how the messages name the arguments (the CLI passes its flags); ``vectorized``
+    as in :func:`plan_memory`.
     """
     itemsize = jnp.finfo(model.dtype).bits // 8
-    plan = plan_memory(model.n_levels, n_times, quantities, itemsize, memory_budget, names)
-    # The runner never makes a chunk larger than the run: a chunk_size above n_realizations is not a need.
-    per_device = None if chunk_size is None else math.ceil(min(chunk_size, n_realizations) / n_devices)
-    if per_device is not None and per_device > plan.per_device:
-        need = per_device * plan.realization_bytes
-        raise InputError(
-            f"{names['chunk_size']} {chunk_size} needs about {_format_bytes(need, up=True)} per device, more than "
-            f"{names['memory_budget']} {_format_bytes(memory_budget)}; use {names['chunk_size']} <= "
-            f"{plan.per_device * n_devices} or a larger {names['memory_budget']}."
-        )
     kept = kept_series_bytes(n_realizations, n_times, quantities) if keep_realizations else 0
     if kept > memory_budget:
         raise InputError(
@@ -281,6 +319,31 @@ def check_memory(model: SpinGORM, n_times: int, n_realizations: int, quantities,
             f"final copy), more than {names['memory_budget']} {_format_bytes(memory_budget)}; raise "
             f"{names['memory_budget']}, lower {names['n_realizations']}, {names['times']} or "
             f"{names['quantities']}, or drop {names['keep_realizations'].split('=')[0]}."
+        )
+    chunk_budget = memory_budget if vectorized else memory_budget - kept
+    try:
+        plan = plan_memory(model.n_levels, n_times, quantities, itemsize, chunk_budget, names, vectorized=vectorized)
+    except InputError:
+        if not kept:
+            raise
+        per = _need(model.n_levels, n_times, itemsize,
+                    any(QUANTITIES[q].needs_reservoir_entropies for q in quantities), len(quantities),
+                    memory_budget)[0]
+        raise InputError(
+            f"{names['keep_realizations']} holds about {_format_bytes(kept, up=True)} of "
+            f"{names['memory_budget']} {_format_bytes(memory_budget)} in host memory, which leaves less "
+            f"than one realization's {_format_bytes(per, up=True)} for the computation; raise "
+            f"{names['memory_budget']} to at least {_format_bytes(kept + per, up=True)}, lower "
+            f"{names['n_realizations']}, or drop {names['keep_realizations'].split('=')[0]}."
+        ) from None
+    # The runner never makes a chunk larger than the run: a chunk_size above n_realizations is not a need.
+    per_device = None if chunk_size is None else math.ceil(min(chunk_size, n_realizations) / n_devices)
+    if per_device is not None and per_device > plan.per_device:
+        need = chunk_bytes(plan, per_device) + (kept if not vectorized else 0)
+        raise InputError(
+            f"{names['chunk_size']} {chunk_size} needs about {_format_bytes(need, up=True)} per device, more than "
+            f"{names['memory_budget']} {_format_bytes(memory_budget)}; use {names['chunk_size']} <= "
+            f"{plan.per_device * n_devices} or a larger {names['memory_budget']}."
         )
     return plan
 
@@ -364,6 +427,41 @@ def _missing_ranges(n_realizations: int, completed: Sequence[ChunkResult]) -> li
     return gaps
 
 
+class _OrderedMerge:
+    """Left fold of the chunks' moments in realization order, fed as chunks finish in any order.
+
+    Only a chunk that waits for an earlier one is held: the statistics of every chunk, kept until
+    the end, grew as chunks x 2 T x quantities (688 MiB over a 64 MiB budget with 3000 chunks of
+    1000 times), uncounted. The order is that of the old sort-then-fold, so a resumed run's numbers
+    are bit-identical to an uninterrupted one's.
+    """
+
+    def __init__(self, quantities: tuple, keep_realizations: bool):
+        self.quantities, self.keep = quantities, keep_realizations
+        self.waiting: dict[int, ChunkResult] = {}
+        self.cursor, self.moments, self.series = 0, None, []
+
+    def add(self, chunk: ChunkResult) -> None:
+        if self.keep and chunk.series is None:
+            raise InputError("keep_realizations=True but some completed chunks carry no per-realization series.")
+        self.waiting[chunk.start] = chunk
+        while self.cursor in self.waiting:
+            c = self.waiting.pop(self.cursor)
+            self.moments = dict(c.moments) if self.moments is None else {
+                q: self.moments[q].merge(c.moments[q]) for q in self.quantities}
+            if self.keep:
+                self.series.append(c.series)
+            self.cursor = c.stop
+
+    def result(self, n_realizations: int) -> tuple[dict, dict | None]:
+        assert self.cursor == n_realizations and not self.waiting, (self.cursor, sorted(self.waiting))
+        moments = {q: self.moments[q] for q in self.quantities}
+        if not self.keep:
+            return moments, None
+        series = {q: np.concatenate([s[q] for s in self.series], axis=0) for q in self.quantities}
+        return moments, series
+
+
 def _gather(x) -> np.ndarray:
     if jax.process_count() > 1:  # multi-host: every process receives the whole chunk
         from jax.experimental import multihost_utils
@@ -401,8 +499,10 @@ def run_ensemble(
         keep_realizations: also return the ``(R, T[, K])`` per-realization series.
         chunk_size: realizations per chunk (rounded up to a multiple of the device count);
             default :func:`default_chunk_size` (about ``n_realizations / 10``, within ``memory_budget``).
-        memory_budget: bytes each device may use for one chunk (estimate); with ``keep_realizations``
-            the series of all realizations, held in host memory until the end, must fit it as well.
+        memory_budget: bytes each device may use for one chunk (estimate, see :func:`plan_memory`;
+            XLA's compilation is not counted); with ``keep_realizations`` the series of all
+            realizations, held in host memory until the end, must fit it as well, together with
+            the chunk on the CPU, where host and device memory are one.
         devices: devices of the 1-D mesh; default all devices (all hosts after
             ``jax.distributed.initialize``).
         completed: chunks already computed (e.g. loaded for a resume); only the rest is evaluated.
@@ -435,11 +535,10 @@ def run_ensemble(
     if not devices:
         raise InputError("devices is empty; pass None for all of JAX's devices, or a list such as jax.devices()[:1].")
     n_dev = len(devices)
-    plan = check_memory(model, times.shape[0], n_realizations, quantities, keep_realizations, chunk_size,
-                        memory_budget, n_dev)
-
     vectorize = devices[0].platform != "cpu"
-    cpu_batch = cpu_realization_batch(plan.realization_bytes)
+    plan = check_memory(model, times.shape[0], n_realizations, quantities, keep_realizations, chunk_size,
+                        memory_budget, n_dev, vectorized=vectorize)
+    cpu_batch = plan.live_batch or 1
     if chunk_size is None:
         granule = 1 if vectorize else min(cpu_batch, batch_eigh_workers(2 * model.n_levels))
         chunk_size = default_chunk_size(n_realizations, n_dev, plan.per_device, granule)
@@ -459,10 +558,14 @@ def run_ensemble(
     times_dev = jnp.asarray(times)
     sharding = NamedSharding(mesh, PartitionSpec(_AXIS))
 
-    chunks = list(completed)
-    gaps = _missing_ranges(n_realizations, chunks)
-    done = sum(c.stop - c.start for c in chunks)
+    completed = list(completed)
+    gaps = _missing_ranges(n_realizations, completed)
+    done = sum(c.stop - c.start for c in completed)
     resumed = done
+    merged = _OrderedMerge(quantities, keep_realizations)
+    for chunk in completed:
+        merged.add(chunk)
+    del completed
     if progress is not None:
         progress(done, n_realizations)
     t0 = time.perf_counter()
@@ -479,7 +582,7 @@ def run_ensemble(
                     start, stop, {q: Moments.from_samples(v) for q, v in values.items()},
                     values if keep_realizations else None,
                 )
-                chunks.append(chunk)
+                merged.add(chunk)
                 if on_chunk is not None:
                     on_chunk(chunk)
                 done += stop - start
@@ -488,13 +591,7 @@ def run_ensemble(
                 ctrl_c.check()  # a Ctrl-C Python dropped (see _interrupt) stops here, the chunk kept
     runtime = time.perf_counter() - t0
 
-    chunks.sort(key=lambda c: c.start)
-    moments = {q: merge_all(c.moments[q] for c in chunks) for q in quantities}
-    series = None
-    if keep_realizations:
-        if any(c.series is None for c in chunks):
-            raise InputError("keep_realizations=True but some completed chunks carry no per-realization series.")
-        series = {q: np.concatenate([c.series[q] for c in chunks], axis=0) for q in quantities}
+    moments, series = merged.result(n_realizations)
     parameters = run_parameters(model, times, n_realizations, seed, quantities, keep_realizations)
     info = {
         "device": f"{devices[0].platform}: {devices[0].device_kind}",

@@ -119,7 +119,7 @@ def test_float32_and_explicit_figure_path(tmp_path, monkeypatch, capsys):
         (["run", "--seed", "99999999999999999999"], "seed < 2**63"),  # was an OverflowError traceback
         # Memory refusals name the flags.
         (["run", "--realizations", "100000000", "--keep-realizations"], "--keep-realizations holds 100000000"),
-        (["run", "--chunk-size", "100000", "--memory-budget", "64MiB"], "--chunk-size <="),
+        (["run", "--realizations", "100000", "--chunk-size", "100000", "--memory-budget", "64MiB"], "--chunk-size <="),
         (["run", "--n-levels", "100000000"], "--n-levels <="),
         (["run", "--n-times", "100000000000"], "the time grid alone needs"),  # was a MemoryError traceback
         # Equal in float32: the file's time axis had duplicates.

@@ -308,7 +308,7 @@ def test_memory_refusal_for_huge_n_is_fast_and_names_the_largest_fitting_n():
     # The largest fitting N was found by estimating every N below the request: 26 s for N = 2e7.
     # Counted, not timed (no wall-clock bounds in unit tests): bisection needs ~log2(N) estimates.
     from qep_jax import _ensemble
-    from qep_jax._ensemble import _realization_bytes, plan_memory
+    from qep_jax._ensemble import _need, _realization_bytes, plan_memory
 
     calls = []
 
@@ -325,7 +325,7 @@ def test_memory_refusal_for_huge_n_is_fast_and_names_the_largest_fitting_n():
     budget = 300_000
     with pytest.raises(qep_jax.InputError, match=r"n_levels <= (\d+)") as err:
         plan_memory(60, len(TIMES), QUANTITIES, 8, budget)
-    scanned = max(n for n in range(2, 60) if _realization_bytes(n, len(TIMES), 8, False, 1, 3) <= budget)
+    scanned = max(n for n in range(2, 60) if _need(n, len(TIMES), 8, False, 3, budget)[0] <= budget)
     assert f"n_levels <= {scanned}." in str(err.value)
 
 
@@ -475,3 +475,96 @@ def test_temporary_files_of_killed_writers_are_removed(model, tmp_path):
     assert not stale.exists() and live.exists() and other.exists()
     assert any(stale.name in m for m in messages)
     assert not [n for n in os.listdir(tmp_path) if n.startswith(f".tmp-{os.getpid()}-")]
+
+
+def test_chunk_statistics_are_merged_as_they_arrive(model):
+    """Every chunk's statistics stayed in memory until the end (chunks x 2 T x quantities, 688 MiB
+    over a 64 MiB budget with 3000 chunks); now only a chunk that waits for an earlier one is held,
+    and the merge order is the realization order, so the numbers are those of one chunk."""
+    import gc
+    import weakref
+
+    refs, alive = [], []
+
+    def progress(done, total):
+        gc.collect()
+        alive.append(sum(r() is not None for r in refs))
+
+    res = run_ensemble(model, TIMES, 7, seed=4, quantities=QUANTITIES, chunk_size=1,
+                       on_chunk=lambda c: refs.append(weakref.ref(c)), progress=progress)
+    assert len(refs) == 7 and max(alive) <= 1, alive
+    whole = run_ensemble(model, TIMES, 7, seed=4, quantities=QUANTITIES, chunk_size=7)
+    for q in QUANTITIES:
+        np.testing.assert_allclose(res.mean[q], whole.mean[q], rtol=1e-13, atol=1e-15)
+
+
+def test_ordered_merge_equals_the_sorted_fold_in_any_arrival_order():
+    from qep_jax._ensemble import ChunkResult, _OrderedMerge
+    from qep_jax._statistics import Moments, merge_all
+
+    rng = np.random.default_rng(3)
+    samples = rng.normal(size=(40, 5))
+    bounds = [0, 3, 4, 11, 20, 21, 33, 40]
+    chunks = [ChunkResult(a, b, {"q": Moments.from_samples(samples[a:b])}, {"q": samples[a:b]})
+              for a, b in zip(bounds[:-1], bounds[1:])]
+    expected = merge_all(c.moments["q"] for c in chunks)
+    for order in (rng.permutation(len(chunks)) for _ in range(5)):
+        merge = _OrderedMerge(("q",), True)
+        for i in order:
+            merge.add(chunks[i])
+        moments, series = merge.result(40)
+        np.testing.assert_array_equal(moments["q"].mean, expected.mean)
+        np.testing.assert_array_equal(moments["q"].m2, expected.m2)
+        np.testing.assert_array_equal(series["q"], samples)
+
+
+def test_cpu_chunks_count_one_batch_of_working_memory():
+    """On the CPU a device loops over its chunk in batches: only a batch's working memory is live,
+    plus every realization's series. Charging the whole chunk refused --chunk-size 64 at N = 200,
+    T = 1000 ('needs 3.47 GiB'; 178 MiB measured)."""
+    from qep_jax._ensemble import chunk_bytes, check_memory
+
+    model = qep_jax.SpinGORM(200, 0.1, 0.1, 10.0)
+    plan = check_memory(model, 1000, 64, ("entropy_production",), False, 64, 2 * 2**30, 1)
+    assert plan.live_batch is not None and chunk_bytes(plan, 64) < 2**29
+    with pytest.raises(qep_jax.InputError, match="chunk_size 64 needs"):
+        check_memory(model, 1000, 64, ("entropy_production",), False, 64, 2 * 2**30, 1, vectorized=True)
+
+
+def test_kept_series_and_chunk_share_the_cpu_budget():
+    """On the CPU the kept series and the chunk live in the same memory: each fitting the budget
+    alone let a run use about twice it (1035 MiB measured with a 512 MiB budget)."""
+    from qep_jax._ensemble import check_memory, kept_series_bytes
+
+    model = qep_jax.SpinGORM(4, 0.1, 0.1, 10.0)
+    quantities = ("entropy_production", "heat", "mutual_information")
+    n_times, budget, r = 100_000, 512 * 2**20, 100
+    kept = kept_series_bytes(r, n_times, quantities)
+    assert kept < budget
+    with pytest.raises(qep_jax.InputError, match=r"keep_realizations=True holds about .* which leaves less than "
+                                                 r"one realization"):
+        check_memory(model, n_times, r, quantities, True, None, budget, 1)
+    check_memory(model, n_times, r, quantities, False, None, budget, 1)
+    check_memory(model, n_times, r, quantities, True, None, budget, 1, vectorized=True)  # host vs device
+
+
+@pytest.mark.parametrize("n_levels, n_times, budget", [(800, 100, 300 * 2**20), (200, 100, 8 * 2**20),
+                                                       (60, 4, 300_000)])
+def test_memory_suggestions_are_accepted(n_levels, n_times, budget):
+    """The suggested N was estimated with another time batch than the plan's (n_levels <= 799 was
+    then refused), and the suggested budget grew the time block with it below 256 MiB (22.03 MiB
+    was needed after 20.34 MiB was suggested)."""
+    import re
+
+    from qep_jax._cli import parse_bytes
+    from qep_jax._ensemble import plan_memory
+
+    quantities = ("entropy_production", "mutual_information")
+    with pytest.raises(qep_jax.InputError) as err:
+        plan_memory(n_levels, n_times, quantities, 8, budget)
+    message = str(err.value)
+    suggested_budget = re.search(r"memory_budget >= ([\d.]+) (\w+)", message)
+    plan_memory(n_levels, n_times, quantities, 8, parse_bytes(suggested_budget.group(1) + suggested_budget.group(2)))
+    suggested_n = re.search(r"n_levels <= (\d+)", message)
+    if suggested_n:
+        plan_memory(int(suggested_n.group(1)), n_times, quantities, 8, budget)
