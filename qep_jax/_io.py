@@ -23,6 +23,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from typing import Callable
@@ -245,7 +246,43 @@ class PartStore:
         return sum(e["stop"] - e["start"] for e in self.entries.values())
 
     def remove(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        """Delete the parts directory: first renamed to ``<parts>.trash-<pid>-<tag>`` (one atomic
+        step), then deleted. ``shutil.rmtree`` alone, killed midway, left a parts directory without
+        its manifest (deleted early) that no later run recognised or removed; now a kill leaves the
+        trash name, which the next run of this output removes (:meth:`remove_trash`).
+        """
+        trash = f"{self.directory}.trash-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.replace(self.directory, trash)
+        except FileNotFoundError:
+            return
+        _fsync_dir(os.path.dirname(os.path.abspath(self.directory)))
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def remove_trash(self) -> None:
+        """Delete what interrupted :meth:`remove` calls left, except a live other process's."""
+        parent = os.path.dirname(os.path.abspath(self.directory))
+        pattern = re.compile(re.escape(os.path.basename(self.directory)) + r"\.trash-(\d+)-[0-9a-f]{8}")
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            return
+        for name in names:
+            match = pattern.fullmatch(name)
+            if not match or (int(match.group(1)) != os.getpid() and _process_alive(int(match.group(1)))):
+                continue
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            self.report(f"removed {name}, left by an interrupted clean-up of {os.path.basename(self.directory)}.")
+
+    def holds_nothing_to_resume(self) -> bool:
+        """True for a parts directory without a manifest that holds only part and temporary files
+        (what a run of an older version left when killed while deleting it): nothing in it can be
+        resumed, since :meth:`load` uses only parts a manifest lists."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return False
+        return all(_PART_NAME.fullmatch(n) or n.startswith(".tmp-") for n in names)
 
 
 _PART_NAME = re.compile(r"chunk-(\d{9})-(\d{9})\.npz")
@@ -461,6 +498,7 @@ def run_to_file(
     params = run_parameters(model, times, n_realizations, seed, quantities, keep_realizations)
     store = PartStore(output, params, report)
     remove_stale_temporaries(output, report)
+    store.remove_trash()
     if os.path.exists(output) and not overwrite:
         try:
             existing = load_run(output)
@@ -470,10 +508,11 @@ def run_to_file(
             # Parts of this very run (an interrupted --overwrite of it) are redundant next to the
             # finished output; they used to stay behind.
             try:
-                same = store.exists() and (store.read_manifest() or {}).get("parameters_hash") == store.hash
+                manifest = store.read_manifest() if store.exists() else None
             except OutputError:
-                same = False  # a damaged manifest is left for the user to see
-            if same:
+                manifest = {}  # a damaged manifest is left for the user to see
+            if manifest is None and store.holds_nothing_to_resume() \
+                    or manifest is not None and manifest.get("parameters_hash") == store.hash:
                 store.remove()
                 report(f"removed {store.directory}: {output} already holds the finished run.")
             return existing, True
