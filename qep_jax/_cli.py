@@ -518,9 +518,12 @@ def _compute(s: dict, stage: dict):
 def _interrupt_message(err: KeyboardInterrupt, s: dict, step: str) -> str:
     """What Ctrl-C left behind: it used to promise kept chunks even when none existed."""
     output = s["output"]
-    if step == "written":
-        return (f"interrupted after {output} was written (it is complete); rerun the same command to draw "
-                f"the figure and summary (nothing is recomputed).")
+    if step == "written" or getattr(err, "output_written", False):
+        # Also a press during the output's rename or the clean-up of the parts (run_to_file then
+        # says so): it used to report "6 of 6 realizations are kept in <output>.parts".
+        what = "the figure and summary" if s["figure"] else "the summary"
+        return (f"interrupted after {output} was written (it is complete); rerun the same command for "
+                f"{what} (nothing is recomputed).")
     kept = getattr(err, "kept_realizations", 0)
     if kept:
         return (f"interrupted: {kept} of {err.n_realizations} realizations are kept in {err.parts_directory}; "

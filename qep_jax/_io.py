@@ -43,13 +43,27 @@ class OutputError(InputError):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`run_to_file`, with what was kept for a resume (still a KeyboardInterrupt)."""
+    """Ctrl-C during :func:`run_to_file`, with what was kept for a resume (still a KeyboardInterrupt).
 
-    def __init__(self, parts_directory: str, kept_realizations: int, n_realizations: int):
-        super().__init__(parts_directory, kept_realizations, n_realizations)
+    ``kept_realizations``: finished realizations a rerun of the same settings will not recompute
+    (the parts listed in the manifest on disk). ``output_written``: the output was already complete
+    (all realizations kept; a rerun only loads it).
+    """
+
+    def __init__(self, parts_directory: str, kept_realizations: int, n_realizations: int,
+                 output_written: bool = False, output: str | None = None):
+        super().__init__(parts_directory, kept_realizations, n_realizations, output_written, output)
         self.parts_directory = parts_directory
         self.kept_realizations = kept_realizations
         self.n_realizations = n_realizations
+        self.output_written = output_written
+        self.output = output
+
+    def __str__(self) -> str:
+        if self.output_written:
+            return f"interrupted after {self.output or 'the output'} was complete; nothing needs recomputing"
+        return (f"interrupted with {self.kept_realizations} of {self.n_realizations} realizations kept in "
+                f"{self.parts_directory}")
 
 
 def parameters_hash(parameters: dict) -> str:
@@ -233,17 +247,32 @@ class PartStore:
         name = f"chunk-{chunk.start:09d}-{chunk.stop:09d}.npz"
         data = _chunk_to_bytes(chunk)
         _atomic_write(os.path.join(self.directory, name), data)
-        self.entries[name] = {"start": chunk.start, "stop": chunk.stop, "sha256": hashlib.sha256(data).hexdigest()}
-        self._write_manifest()
+        entries = {**self.entries, name: {"start": chunk.start, "stop": chunk.stop,
+                                          "sha256": hashlib.sha256(data).hexdigest()}}
+        self._write_manifest(entries)
+        self.entries = entries  # only once recorded: Ctrl-C in the manifest write reported it as kept
 
-    def _write_manifest(self) -> None:
+    def _write_manifest(self, entries: dict | None = None) -> None:
         os.makedirs(self.directory, exist_ok=True)
         manifest = {"format": FORMAT, "parameters": self.parameters, "parameters_hash": self.hash,
-                    "parts": self.entries}
+                    "parts": self.entries if entries is None else entries}
         _atomic_write(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
     def saved_realizations(self) -> int:
         return sum(e["stop"] - e["start"] for e in self.entries.values())
+
+    def kept_realizations(self) -> int:
+        """Realizations a rerun of these parameters will resume: the parts the manifest on disk
+        lists (if it is this run's) whose files exist. Exact also when Ctrl-C lands inside a
+        manifest write, before or after its rename."""
+        try:
+            manifest = self.read_manifest()
+        except (OutputError, OSError):
+            return self.saved_realizations()
+        if manifest is None or manifest["parameters_hash"] != self.hash:
+            return 0
+        return sum(e["stop"] - e["start"] for name, e in manifest["parts"].items()
+                   if os.path.exists(os.path.join(self.directory, name)))
 
     def remove(self) -> None:
         """Delete the parts directory: first renamed to ``<parts>.trash-<pid>-<tag>`` (one atomic
@@ -487,8 +516,13 @@ def run_to_file(
     with other parameters, or unreadable, :class:`OutputError` is raised unless ``overwrite``.
     ``overwrite`` recomputes and replaces the output atomically once the new result is written
     (until then the old file stays); finished parts of the same parameters are resumed, parts of
-    other parameters are discarded. Ctrl-C raises :class:`RunInterrupted` (a KeyboardInterrupt)
-    saying how many realizations are kept for a resume.
+    other parameters are discarded.
+
+    Ctrl-C raises :class:`RunInterrupted` (a KeyboardInterrupt). Before the output is complete,
+    its ``kept_realizations`` counts the parts on disk a rerun will resume. Once the output is
+    complete (renamed into place, or found finished) a Ctrl-C still raises it, with
+    ``output_written`` true and every realization kept: the clean-up of the parts is finished
+    first, and a rerun only loads the output.
     """
     from ._ensemble import DEFAULT_QUANTITIES, check_quantities
 
@@ -497,50 +531,85 @@ def run_to_file(
     times = np.asarray(check_times(times), dtype=model.dtype)  # a scalar time becomes (1,), as in run_ensemble
     params = run_parameters(model, times, n_realizations, seed, quantities, keep_realizations)
     store = PartStore(output, params, report)
-    remove_stale_temporaries(output, report)
-    store.remove_trash()
+    # Multi-host: every process computes and gathers every chunk; only process 0 writes, so the
+    # output must be on storage all hosts see (they all read the parts when resuming).
+    import jax
+
+    writer = jax.process_index() == 0
+    state = {"complete": False}
+    try:
+        return _run_to_file(model, times, n_realizations, output, store, overwrite, writer, state,
+                            seed=seed, quantities=quantities, keep_realizations=keep_realizations, **runner_kwargs)
+    except KeyboardInterrupt as err:
+        # The output is complete when this run renamed it into place: with the previous file (or
+        # none) gone, its identity changed. A press inside write_run after the rename, or between
+        # the rename and the clean-up, used to be reported as "6 of 6 kept in <output>.parts".
+        complete = state["complete"] or (writer and "identity" in state
+                                         and _file_identity(output) not in (None, state["identity"]))
+        if complete:
+            if writer:
+                _ignoring_ctrl_c(store.remove)  # a second press leaves trash, which the next run removes
+                _ignoring_ctrl_c(store.remove_trash)
+            raise RunInterrupted(store.directory, n_realizations, n_realizations, True, output) from err
+        kept = _ignoring_ctrl_c(store.kept_realizations)
+        raise RunInterrupted(store.directory, store.saved_realizations() if kept is None else kept,
+                             n_realizations, False, output) from err
+
+
+def _ignoring_ctrl_c(function):
+    """``function()``, or ``None`` if a (second) Ctrl-C interrupts it."""
+    try:
+        return function()
+    except KeyboardInterrupt:
+        return None
+
+
+def _file_identity(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _run_to_file(model, times, n_realizations, output, store, overwrite, writer, state, **runner_kwargs):
+    report = store.report
+    state["identity"] = _file_identity(output)
+    if writer:
+        remove_stale_temporaries(output, report)
+        store.remove_trash()
     if os.path.exists(output) and not overwrite:
         try:
             existing = load_run(output)
         except OutputError as err:
             raise OutputError(f"{err} Pass --overwrite to replace it, or choose another --output.") from None
-        if parameters_hash(existing.parameters) == store.hash:
+        if parameters_hash(existing.parameters) != store.hash:
+            raise OutputError(
+                f"{output} holds a run with different parameters "
+                f"({_differences(existing.parameters, store.parameters)}); "
+                f"choose another --output or pass --overwrite to replace it."
+            )
+        state["complete"] = True
+        if writer and store.exists():
             # Parts of this very run (an interrupted --overwrite of it) are redundant next to the
             # finished output; they used to stay behind.
             try:
-                manifest = store.read_manifest() if store.exists() else None
+                manifest = store.read_manifest()
             except OutputError:
                 manifest = {}  # a damaged manifest is left for the user to see
             if manifest is None and store.holds_nothing_to_resume() \
                     or manifest is not None and manifest.get("parameters_hash") == store.hash:
                 store.remove()
                 report(f"removed {store.directory}: {output} already holds the finished run.")
-            return existing, True
-        raise OutputError(
-            f"{output} holds a run with different parameters ({_differences(existing.parameters, params)}); "
-            f"choose another --output or pass --overwrite to replace it."
-        )
-    try:
-        result = _run_with_parts(model, times, n_realizations, output, store, overwrite, report, seed=seed,
-                                 quantities=quantities, keep_realizations=keep_realizations, **runner_kwargs)
-    except KeyboardInterrupt as err:
-        raise RunInterrupted(store.directory, store.saved_realizations(), n_realizations) from err
-    return result, False
-
-
-def _run_with_parts(model, times, n_realizations, output, store, overwrite, report, **runner_kwargs):
+        return existing, True
     completed = store.load(replace_other=overwrite)
     if completed:
         report(f"resuming: {sum(c.stop - c.start for c in completed)} of {n_realizations} realizations "
                f"loaded from {store.directory}.")
-    # Multi-host: every process computes and gathers every chunk; only process 0 writes, so the
-    # output must be on storage all hosts see (they all read the parts when resuming).
-    import jax
-
-    writer = jax.process_index() == 0
     result = run_ensemble(model, times, n_realizations, completed=completed,
                           on_chunk=store.save if writer else None, **runner_kwargs)
     if writer:
         write_run(output, result)
+        state["complete"] = True
         store.remove()
-    return result
+    return result, False

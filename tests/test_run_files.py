@@ -91,3 +91,144 @@ def test_trash_of_a_live_process_is_left_alone(tmp_path, monkeypatch, capsys):
     code, _, err = _main(ARGS, capsys)
     assert code == 0 and f"removed {mine}, left by an interrupted clean-up" in err
     assert sorted(os.listdir(tmp_path)) == sorted([live, other_output, "qep_run.h5"])
+
+
+@pytest.mark.parametrize("after_rename", [False, True])
+def test_ctrl_c_inside_a_manifest_write_reports_what_the_manifest_lists(after_rename, tmp_path, monkeypatch,
+                                                                        capsys):
+    # The chunk was counted as kept before its manifest entry was written: "4 of 5 kept" while the
+    # manifest listed 2 realizations.
+    monkeypatch.chdir(tmp_path)
+    real = _io._atomic_write
+    writes = []
+
+    def atomic_write(path, data):
+        if os.path.basename(path) == "manifest.json":
+            writes.append(path)
+            if len(writes) == 2:
+                if after_rename:
+                    real(path, data)
+                raise KeyboardInterrupt
+        real(path, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(_io, "_atomic_write", atomic_write)
+        code, _, err = _main(ARGS, capsys)
+    listed = json.loads((tmp_path / "qep_run.h5.parts" / "manifest.json").read_text())["parts"]
+    kept = sum(e["stop"] - e["start"] for e in listed.values())
+    assert kept == (4 if after_rename else 2)
+    assert code == 130 and f"{kept} of 5 realizations are kept in qep_run.h5.parts" in err, err
+    code, out, err = _main(ARGS, capsys)
+    assert code == 0 and f"resuming: {kept} of 5" in err
+
+
+def _raise_once(real, when=lambda *args: True):
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        if not calls and when(*args):
+            calls.append(args)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+def _interrupt_points(tmp_path):
+    output = str(tmp_path / "qep_run.h5")
+
+    real_rmtree = _io.shutil.rmtree
+    calls = []
+
+    def rmtree_one_file_then_ctrl_c(path, *args, **kwargs):
+        if calls or ".trash-" not in str(path):
+            return real_rmtree(path, *args, **kwargs)
+        calls.append(path)
+        os.remove(os.path.join(path, "manifest.json"))
+        raise KeyboardInterrupt
+
+    return {
+        # In write_run, after the rename: the fsync of the output's directory.
+        "output renamed": ("_fsync_dir", _raise_once(_io._fsync_dir, lambda d: os.path.exists(output)
+                                                     and os.path.samefile(d, tmp_path))),
+        "before the clean-up": ("PartStore.remove", _raise_once(_io.PartStore.remove)),
+        "inside the clean-up": ("shutil.rmtree", rmtree_one_file_then_ctrl_c),
+    }
+
+
+@pytest.mark.parametrize("point", ["output renamed", "before the clean-up", "inside the clean-up"])
+def test_ctrl_c_once_the_output_is_written_says_it_is_complete(point, tmp_path, monkeypatch, capsys):
+    # Exit 130 with "5 of 5 realizations are kept in qep_run.h5.parts; rerun to resume" although
+    # qep_run.h5 was complete and the parts about to be deleted (or already gone).
+    monkeypatch.chdir(tmp_path)
+    target, replacement = _interrupt_points(tmp_path)[point]
+    with monkeypatch.context() as m:
+        if target == "shutil.rmtree":
+            m.setattr(_io.shutil, "rmtree", replacement)
+        elif target == "PartStore.remove":
+            m.setattr(_io.PartStore, "remove", lambda self: replacement(self))
+        else:
+            m.setattr(_io, target, replacement)
+        code, _, err = _main(ARGS, capsys)
+    assert code == 130 and "qep_run.h5 was written (it is complete); rerun the same command for the summary" \
+        in err, err
+    assert "kept in" not in err
+    # The clean-up was finished after the press.
+    assert sorted(os.listdir(tmp_path)) == ["qep_run.h5"]
+    assert load_run("qep_run.h5").n_realizations == 5
+    code, out, err = _main(ARGS, capsys)
+    assert code == 0 and "already holds this run" in out
+
+
+def test_run_to_file_says_the_output_is_complete(tmp_path, monkeypatch):
+    import qep_jax
+
+    model = qep_jax.SpinGORM(6, 0.1, 0.1, 10.0)
+    output = str(tmp_path / "lib.h5")
+    monkeypatch.setattr(_io.PartStore, "remove", lambda self, real=_io.PartStore.remove: (
+        real(self), (_ for _ in ()).throw(KeyboardInterrupt))[0])
+    with pytest.raises(_io.RunInterrupted) as info:
+        qep_jax.run_to_file(model, [0.0, 5.0], 3, output, chunk_size=1)
+    err = info.value
+    assert err.output_written and err.kept_realizations == err.n_realizations == 3 and err.output == output
+    assert "was complete" in str(err)
+    monkeypatch.undo()
+    res, already = qep_jax.run_to_file(model, [0.0, 5.0], 3, output, chunk_size=1)
+    assert already and res.n_realizations == 3
+    assert sorted(os.listdir(tmp_path)) == ["lib.h5"]
+
+
+# A real SIGINT (the process signals itself) once the output is in place, through the entry point.
+_SIGINT_AT = """
+    import os, shutil, signal, sys
+    from qep_jax import _cli, _io
+    point = sys.argv.pop(1)
+    def ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)
+    if point == "output":
+        real_write = _io.write_run
+        def write_run(path, result):
+            real_write(path, result)
+            ctrl_c()
+        _io.write_run = write_run
+    else:
+        real_rmtree = shutil.rmtree
+        def rmtree(path, *args, **kwargs):
+            if ".trash-" in path and not hasattr(rmtree, "done"):
+                rmtree.done = True
+                os.remove(os.path.join(path, "manifest.json"))
+                ctrl_c()
+            return real_rmtree(path, *args, **kwargs)
+        shutil.rmtree = rmtree
+    sys.argv[0] = "qep-jax"
+    _cli.entry_point()
+"""
+
+
+@pytest.mark.parametrize("point", ["output", "rmtree"])
+def test_real_sigint_once_the_output_is_written(point, tmp_path):
+    proc = _child(tmp_path, _SIGINT_AT, [point, *ARGS])
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "qep_run.h5 was written (it is complete)" in proc.stderr and "kept in" not in proc.stderr, proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["qep_run.h5"]
+    assert load_run(str(tmp_path / "qep_run.h5")).n_realizations == 5
