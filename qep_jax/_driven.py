@@ -42,7 +42,8 @@ from . import _linalg
 
 from ._entropy import von_neumann_entropy
 from ._evolve import _equilibrium, warn_if_float32
-from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all, check_count, check_finite, check_hermitian, is_int
+from ._open_system import (InputError, OpenSystem, _as_matrix_tuple, _is_concrete, _kron_all, check_count, check_flag,
+                           check_finite, check_matrix, check_real_scalar, is_int, numeric)
 from ._propagator_rules import _zero_if_symbolic, apply_on_factor, system_factor
 from .protocols import FourierRamp, PiecewiseConstant
 
@@ -428,12 +429,12 @@ def _drive_jit(system, drives, protocol, *, static_protocol, n_steps, rank, chec
 # Public entry point: validation, then the jitted kernel.
 
 
-def _as_operators(ops) -> tuple:
+def _as_operators(name: str, ops) -> tuple:
+    """One operator (a 2-D array or nested lists of numbers, as OpenSystem reads one matrix) or a
+    sequence of them: one matrix as nested lists was read as two operators (its rows)."""
     if ops is None:
         return ()
-    if hasattr(ops, "ndim") and getattr(ops, "ndim") == 2:
-        return (ops,)
-    return tuple(ops)
+    return _as_matrix_tuple(name, ops, allow_empty=True)
 
 
 def _drive_dtype(system_dtype, *groups) -> np.dtype:
@@ -447,17 +448,39 @@ def _drive_dtype(system_dtype, *groups) -> np.dtype:
     return system_dtype
 
 
-def _operator_stack(name: str, ops: tuple, dim: int, dtype) -> Array:
+def _checked_operators(name: str, ops: tuple, dim: int) -> tuple:
+    """Each a Hermitian ``(dim, dim)`` matrix of numbers (shape and dtype checked when traced too)."""
+    out = []
     for j, op in enumerate(ops):
-        if _is_concrete(op):
-            arr = np.asarray(op)
-            if arr.shape != (dim, dim):
-                raise InputError(f"{name}[{j}] has shape {arr.shape}, expected ({dim}, {dim}).")
-            check_finite(f"{name}[{j}]", arr)
-            check_hermitian(f"{name}[{j}]", arr)
+        op = numeric(f"{name}[{j}]", op)
+        if op.shape != (dim, dim):
+            raise InputError(f"{name}[{j}] has shape {op.shape}, expected ({dim}, {dim}).")
+        out.append(check_matrix(f"{name}[{j}]", op))
+    return tuple(out)
+
+
+def _operator_stack(name: str, ops: tuple, dim: int, dtype) -> Array:
     if not ops:
         return jnp.zeros((0, dim, dim), dtype)
     return jnp.stack([jnp.asarray(op, dtype) for op in ops])
+
+
+def _check_smooth_protocol(protocol, n_controls: int, real) -> None:
+    """A user's smooth protocol: ``duration`` a positive finite scalar (a negative one ran the grid
+    backwards in time), ``values(t)`` and ``rates(t)`` of shape ``(n_controls,)`` (a longer one
+    failed inside the kernel's tensordot). The shapes come from ``jax.eval_shape``: nothing runs."""
+    name = type(protocol).__name__
+    duration = numeric(f"{name}.duration", protocol.duration, real=True)
+    if duration.shape != ():
+        raise InputError(f"{name}.duration has shape {duration.shape}; it must be a scalar, the protocol's length.")
+    if _is_concrete(duration) and not (np.isfinite(duration) and float(duration) > 0):
+        raise InputError(f"{name}.duration={float(duration)!r} must be finite and > 0 (the protocol's length in time).")
+    t = jax.ShapeDtypeStruct((), real)
+    for method in ("values", "rates"):
+        shape = jax.eval_shape(getattr(protocol, method), t).shape
+        if shape != (n_controls,):
+            raise InputError(f"{name}.{method}(t) has shape {shape}, but {name}.n_controls = {n_controls}; it must "
+                             f"return one amplitude per control, shape (n_controls,).")
 
 
 def _batch_rank(rho_system, d_s: int, tol: float = 1e-12) -> int:
@@ -489,14 +512,17 @@ def drive(
             realization axis (e.g. ``jax.vmap(model.open_system)(xs)``): the result then has it too.
         protocol: :class:`~qep_jax.protocols.PiecewiseConstant` (exact) or a smooth protocol with
             ``values(t)``/``rates(t)``/``duration``/``n_controls`` such as
-            :class:`~qep_jax.protocols.FourierRamp`. A plain object (not a pytree) is a static
+            :class:`~qep_jax.protocols.FourierRamp`: ``duration`` finite and ``> 0``, ``values(t)``
+            and ``rates(t)`` of shape ``(n_controls,)``. A plain object (not a pytree) is a static
             constant; register it as a pytree to differentiate its parameters (docs/driven.md).
-        system_drives: ``n_s`` Hermitian ``(d_s, d_s)`` operators ``A_j``: ``H_s(t) = H_s + sum u_j A_j``.
-        coupling_drives: ``n_v`` Hermitian ``(D, D)`` operators ``B_j``: ``V(t) = V + sum u_{n_s+j} B_j``.
+        system_drives: ``n_s`` Hermitian ``(d_s, d_s)`` operators ``A_j``: ``H_s(t) = H_s + sum u_j A_j``
+            (a sequence, a 3-D array, or one matrix: a 2-D array or nested lists of numbers).
+        coupling_drives: ``n_v`` Hermitian ``(D, D)`` operators ``B_j``: ``V(t) = V + sum u_{n_s+j} B_j``
+            (given as ``system_drives``).
             ``protocol.n_controls`` must equal ``n_s + n_v``.
         n_steps: time steps for a smooth protocol (``>= 3``); must be ``None`` for piecewise constant.
         batch_size: realizations propagated together (``jax.lax.map``) for a batched ``open_system``.
-        checkpoint: recompute each step in reverse-mode differentiation instead of storing it.
+        checkpoint: ``True`` to recompute each step in reverse-mode differentiation instead of storing it.
 
     Returns:
         :class:`DrivenTrajectory`, fields ``(T, ...)`` (``(n_realizations, T, ...)`` when batched).
@@ -524,7 +550,9 @@ def drive(
     if _is_concrete(open_system.betas) and not np.all(np.asarray(open_system.betas) > 0):
         raise InputError("betas must be > 0: the free energy F = U - T S needs a positive temperature.")
     d_s, total = open_system.system_dim, open_system.total_dim
-    system_drives, coupling_drives = _as_operators(system_drives), _as_operators(coupling_drives)
+    system_drives = _checked_operators("system_drives", _as_operators("system_drives", system_drives), d_s)
+    coupling_drives = _checked_operators("coupling_drives", _as_operators("coupling_drives", coupling_drives), total)
+    checkpoint = check_flag("checkpoint", checkpoint)
     dtype = _drive_dtype(open_system.coupling.dtype, system_drives, coupling_drives)
     drives = _Drives(
         _operator_stack("system_drives", system_drives, d_s, dtype),
@@ -562,7 +590,12 @@ def drive(
                 f"parameters are array leaves."
             )
         static_protocol, protocol = _StaticProtocol(protocol), None
-    n_protocol = (protocol if static_protocol is None else static_protocol.protocol).n_controls
+    target = protocol if static_protocol is None else static_protocol.protocol
+    n_protocol = target.n_controls
+    if not is_int(n_protocol) or n_protocol < 0:
+        raise InputError(f"protocol.n_controls={n_protocol!r} must be an int, the number of control amplitudes.")
+    if not isinstance(target, (PiecewiseConstant, FourierRamp)):  # those two check themselves
+        _check_smooth_protocol(target, int(n_protocol), jnp.finfo(dtype).dtype)
     if n_protocol != n_controls:
         raise InputError(
             f"protocol has {n_protocol} controls but {drives.system.shape[0]} system_drives + "
@@ -575,7 +608,7 @@ def drive(
     return _drive_jit(
         open_system, drives, protocol, static_protocol=static_protocol, n_steps=n_steps,
         rank=_batch_rank(open_system.rho_system, d_s),
-        checkpoint=bool(checkpoint), batched=batched, batch_size=min(batch_size or n_batch, n_batch),
+        checkpoint=checkpoint, batched=batched, batch_size=min(batch_size or n_batch, n_batch),
     )
 
 
@@ -603,6 +636,9 @@ class LandauerBounds(NamedTuple):
     spectral: np.ndarray
 
 
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+
+
 def _gibbs(energies: np.ndarray, beta: float) -> tuple[float, float]:
     logits = -beta * (energies - energies.min())
     p = np.exp(logits - logits.max())
@@ -618,9 +654,9 @@ def landauer_bounds(entropy_decrease, reservoir_energies, beta) -> LandauerBound
     from ``rho_s(0) (x) exp(-beta H_r)/Z``.
 
     Args:
-        entropy_decrease: ``(...)`` ``dS`` in nats.
-        reservoir_energies: ``(d,)`` eigenvalues of ``H_r``.
-        beta: inverse temperature ``> 0``.
+        entropy_decrease: ``(...)`` finite ``dS`` in nats.
+        reservoir_energies: ``(d,)`` real eigenvalues of ``H_r`` (not the matrix), ``d >= 2``.
+        beta: finite real inverse temperature ``> 0``.
 
     Returns:
         :class:`LandauerBounds`, each ``(...)`` in energy units.
@@ -633,13 +669,27 @@ def landauer_bounds(entropy_decrease, reservoir_energies, beta) -> LandauerBound
     """
     from scipy.optimize import brentq
 
-    energies = np.sort(np.asarray(reservoir_energies, dtype=float).ravel())
-    if energies.size < 2 or not np.all(np.isfinite(energies)):
+    # Checked before any arithmetic: NaN, inf or an array beta reached SciPy's brentq and failed there.
+    for name, value in (("entropy_decrease", entropy_decrease), ("reservoir_energies", reservoir_energies),
+                        ("beta", beta)):
+        if not _is_concrete(value):
+            raise InputError(f"{name} is traced (jit/grad/vmap); landauer_bounds is NumPy post-processing of "
+                             f"concrete values: call it outside the transformation.")
+    ds = numeric("entropy_decrease", entropy_decrease, real=True)
+    check_finite("entropy_decrease", ds)
+    energies = numeric("reservoir_energies", reservoir_energies, real=True)
+    if energies.ndim != 1:  # a matrix H_r was flattened and its zeros taken for levels
+        raise InputError(f"reservoir_energies has shape {energies.shape}; give the (d,) eigenvalues of H_r, "
+                         f"e.g. np.linalg.eigvalsh(h_r), not the matrix.")
+    if energies.size < 2:
         raise InputError("reservoir_energies must be at least two finite eigenvalues of H_r.")
+    check_finite("reservoir_energies", energies)
+    check_real_scalar("beta", beta)
     beta = float(beta)
     if not beta > 0:
         raise InputError(f"beta={beta!r} must be > 0.")
-    ds = np.asarray(entropy_decrease, dtype=float)
+    ds = np.asarray(ds, dtype=float)
+    energies = np.sort(np.asarray(energies, dtype=float))
     d = energies.size
     landauer = ds / beta
     quadratic = 2 * ds**2 / (np.log(d - 1) ** 2 + 4) if d > 2 else np.zeros_like(ds)
@@ -663,12 +713,19 @@ def landauer_bounds(entropy_decrease, reservoir_energies, beta) -> LandauerBound
             # any state in it, reaches the lowest energy.
             return float(energies[0] - e0)
         if x > 0:
-            lo, hi = 0.0, beta
+            # The root lies below beta; brentq over [0, beta] did not converge in 100 iterations for
+            # beta = 1e300, so the bracket doubles up from the spectrum's scale 1 / (e_max - e_min).
+            lo, hi = 0.0, min(beta, 1.0 / (energies[-1] - energies[0]))
+            while hi < beta and _gibbs(energies, hi)[0] > target:
+                lo, hi = hi, min(2 * hi, beta)
         else:
-            # S(hi) -> ln g0 < target, so the doubling stops once beta' gap_1 ~ ln(1/(target - ln g0)).
-            lo, hi = beta, 2 * beta
+            # S(hi) -> ln g0 < target, so the doubling stops once beta' gap_1 ~ ln(1/(target - ln g0)),
+            # or at the largest float (doubling to inf made S NaN).
+            lo, hi = beta, min(2 * beta, _FLOAT_MAX)
             while _gibbs(energies, hi)[0] > target:
-                lo, hi = hi, 2 * hi
+                if hi == _FLOAT_MAX:
+                    return _gibbs(energies, hi)[1] - e0
+                lo, hi = hi, min(2 * hi, _FLOAT_MAX)
         b = brentq(lambda b: _gibbs(energies, b)[0] - target, lo, hi, xtol=1e-14, rtol=1e-14)
         return _gibbs(energies, b)[1] - e0
 

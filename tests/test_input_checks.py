@@ -402,3 +402,87 @@ def test_open_entropy_production_checks_and_batches():
     pair = qep_jax.open_entropy_production(np.stack([RHO, half]), hs, 10.0, np.stack([half, RHO]))
     np.testing.assert_allclose(pair, [-qep_jax.open_entropy_production(half, hs, 10.0, RHO),
                                       qep_jax.open_entropy_production(half, hs, 10.0, RHO)], rtol=1e-12)
+
+
+# -- drive and landauer_bounds (A10, A11, B7, B11, C1, C3) ------------------------------------------
+
+SZ = np.diag([-0.5, 0.5])
+
+
+@pytest.fixture(scope="module")
+def spin_system():
+    return qep_jax.SpinGORM(4, 0.1, 0.3, 2.0).open_system(np.asarray(qep_jax.goe(jax.random.key(0), 4)))
+
+
+class _Plain:
+    duration = 1.0
+    n_controls = 1
+
+    def values(self, t):
+        return jnp.array([t])
+
+    def rates(self, t):
+        return jnp.array([1.0])
+
+
+def _plain(**attributes):
+    return type("Custom", (_Plain,), attributes)()
+
+
+@pytest.mark.parametrize("protocol, pattern", [
+    # Ran the time grid backwards (times 0, -0.25, ...) or produced NaN.
+    (_plain(duration=-1.0), r"Custom.duration=-1.0 must be finite and > 0"),
+    (_plain(duration=np.nan), r"Custom.duration=nan must be finite and > 0"),
+    (_plain(duration=np.array([1.0, 2.0])), r"Custom.duration has shape \(2,\); it must be a scalar"),
+    # values(t) longer than n_controls failed in the kernel's tensordot.
+    (_plain(values=lambda self, t: jnp.array([t, t])), r"Custom.values\(t\) has shape \(2,\), but Custom.n_controls = 1"),
+    (_plain(n_controls=2, values=lambda self, t: jnp.array([t, t])),
+     r"Custom.rates\(t\) has shape \(1,\), but Custom.n_controls = 2"),
+    (_plain(n_controls=1.0), r"protocol.n_controls=1.0 must be an int"),
+])
+def test_drive_checks_a_plain_smooth_protocol(spin_system, protocol, pattern):
+    with pytest.raises(InputError, match=pattern):
+        qep_jax.drive(spin_system, protocol, system_drives=[SZ], n_steps=4)
+
+
+def test_drive_reads_one_operator_given_as_nested_lists(spin_system):
+    ramp = qep_jax.PiecewiseConstant(jnp.full(3, 0.5), jnp.linspace(0.0, 1.0, 3)[:, None])
+    # [[-0.5, 0], [0, 0.5]] was read as two operators of shape (2,).
+    nested = qep_jax.drive(spin_system, ramp, system_drives=SZ.tolist())
+    single = qep_jax.drive(spin_system, ramp, system_drives=[SZ])
+    np.testing.assert_allclose(nested.work, single.work, atol=1e-15)
+    for drives, pattern in (([np.eye(2, dtype=bool)], r"system_drives\[0\] has dtype bool"),
+                            (["x"], r"system_drives\[0\]='x' must be a number"),
+                            ("x", "system_drives must be one matrix or a sequence of matrices")):
+        with pytest.raises(InputError, match=pattern):
+            qep_jax.drive(spin_system, ramp, system_drives=drives)
+    with pytest.raises(InputError, match="checkpoint='yes' must be True or False"):
+        qep_jax.drive(spin_system, ramp, system_drives=[SZ], checkpoint="yes")
+
+
+@pytest.mark.parametrize("args, pattern", [
+    # A matrix H_r was flattened: its zeros counted as levels.
+    ((0.1, np.diag(np.linspace(-0.5, 0.5, 20)), 10.0), r"reservoir_energies has shape \(20, 20\); give the \(d,\)"),
+    ((0.1, np.linspace(-0.5, 0.5, 20) + 0j, 10.0), "reservoir_energies has dtype complex128; it must be real"),
+    # SciPy's errors: "function value is NaN", "failed to converge", a TypeError.
+    ((np.nan, np.linspace(-0.5, 0.5, 20), 10.0), "entropy_decrease contains NaN"),
+    ((0.1 + 1j, np.linspace(-0.5, 0.5, 20), 10.0), "entropy_decrease has dtype complex128; it must be real"),
+    (("0.1", np.linspace(-0.5, 0.5, 20), 10.0), "entropy_decrease='0.1' must be a number"),
+    ((0.1, np.linspace(-0.5, 0.5, 20), np.inf), "beta contains NaN or infinite"),
+    ((0.1, np.linspace(-0.5, 0.5, 20), np.array([1.0, 2.0])), r"beta=array\(\[1., 2.\]\) must be a real scalar"),
+    ((0.1, np.linspace(-0.5, 0.5, 20), "x"), "beta='x' must be a real scalar"),
+    ((0.1, np.linspace(-0.5, 0.5, 20), 1 + 1j), r"beta=\(1\+1j\) must be a real scalar"),
+])
+def test_landauer_bounds_checks_its_arguments(args, pattern):
+    with pytest.raises(InputError, match=pattern):
+        qep_jax.landauer_bounds(*args)
+
+
+def test_landauer_bounds_at_a_huge_beta():
+    """beta = 1e300 is zero temperature to double precision: the bounds equal those at beta = 1e4
+    (brentq over [0, 1e300] failed to converge)."""
+    energies = np.linspace(-0.5, 0.5, 20)
+    huge, large = qep_jax.landauer_bounds(0.1, energies, 1e300), qep_jax.landauer_bounds(0.1, energies, 1e4)
+    np.testing.assert_allclose(huge.spectral, large.spectral, rtol=1e-10)
+    with pytest.raises(InputError, match="entropy_decrease is traced"):
+        jax.jit(lambda x: qep_jax.landauer_bounds(x, energies, 10.0).landauer)(0.1)
