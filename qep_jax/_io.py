@@ -12,7 +12,8 @@ the parts directory is removed.
 new run leaves the old output in place; finished parts of the *same* parameters are resumed (the
 numbers do not depend on the chunking), parts of other parameters are discarded when the new run
 saves its first chunk. Temporary files carry the writer's process id, so a later run removes
-those that a killed writer left and never those of a writer still running.
+those that a killed writer left and never those of a writer still running. A run holds an
+exclusive lock on ``<output>.lock`` throughout, so a second run on the same output is refused.
 """
 
 from __future__ import annotations
@@ -25,8 +26,14 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 from typing import Callable
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, so two runs writing one output at once are not detected
+    fcntl = None
 
 import numpy as np
 
@@ -486,6 +493,77 @@ def load_run(path: str) -> EnsembleResult:
         raise OutputError(f"cannot read {path} as a qep_jax run file ({err}); it is damaged or not a run file.") from None
 
 
+class OutputLock:
+    """An exclusive ``flock`` on ``<output>.lock``, held for the whole of :func:`run_to_file`.
+
+    Two runs with different settings on one output both succeeded, and the later rename silently
+    replaced the other's file without ``--overwrite`` (each had checked before either wrote). A
+    second writer is now refused. The file is removed at the end, while still locked; a run that
+    locked a file being removed sees another file (or none) at the path and tries again. A file
+    left by a killed run is locked and reused (the kernel drops the lock of a dead process).
+    Without ``fcntl``, or on a file system that refuses locks, nothing is locked.
+    """
+
+    def __init__(self, output: str, report: Callable[[str], None] = lambda msg: None):
+        self.output = output
+        self.path = output + ".lock"
+        self.report = report
+        self.fd = None
+        self.locked = False
+
+    def acquire(self) -> None:
+        if fcntl is None:
+            return
+        while True:
+            try:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError:
+                return  # a read-only directory: a finished output can still be read, nothing written
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder()
+                self.release()
+                raise OutputError(
+                    f"{self.output} is being written by another qep-jax run ({holder}, holding {self.path}); "
+                    f"wait for it to finish, or choose another --output."
+                ) from None
+            except OSError as err:
+                self.release()
+                self.report(f"note: cannot lock {self.path} ({err.strerror}); another run writing "
+                            f"{self.output} at the same time would not be detected.")
+                return
+            self.locked = True
+            st = os.fstat(self.fd)
+            if _file_identity(self.path) == (st.st_dev, st.st_ino):
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, 0)
+                    os.write(self.fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+                return
+            self.locked = False  # removed by the run that held it: lock the file now at the path
+            self.release()
+
+    def _holder(self) -> str:
+        try:
+            pid, host = os.pread(self.fd, 300, 0).decode().split()
+            return f"process {int(pid)} on {host}"
+        except (OSError, ValueError, UnicodeDecodeError):
+            return "process unknown"
+
+    def release(self) -> None:
+        fd = self.fd
+        if fd is None:
+            return
+        try:
+            if self.locked:
+                self.locked = False
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+        finally:
+            self.fd = None
+            os.close(fd)
+
+
 def check_output_path(output: str) -> None:
     """Refuse an output that cannot become the run file, before anything is computed."""
     directory = os.path.dirname(os.path.abspath(output))
@@ -523,6 +601,9 @@ def run_to_file(
     complete (renamed into place, or found finished) a Ctrl-C still raises it, with
     ``output_written`` true and every realization kept: the clean-up of the parts is finished
     first, and a rerun only loads the output.
+
+    One run at a time writes an output: while one holds ``<output>.lock`` (:class:`OutputLock`),
+    another run on the same output, with any settings, raises :class:`OutputError`.
     """
     from ._ensemble import DEFAULT_QUANTITIES, check_quantities
 
@@ -537,7 +618,10 @@ def run_to_file(
 
     writer = jax.process_index() == 0
     state = {"complete": False}
+    lock = OutputLock(output, report)
     try:
+        if writer:
+            lock.acquire()
         return _run_to_file(model, times, n_realizations, output, store, overwrite, writer, state,
                             seed=seed, quantities=quantities, keep_realizations=keep_realizations, **runner_kwargs)
     except KeyboardInterrupt as err:
@@ -554,6 +638,8 @@ def run_to_file(
         kept = _ignoring_ctrl_c(store.kept_realizations)
         raise RunInterrupted(store.directory, store.saved_realizations() if kept is None else kept,
                              n_realizations, False, output) from err
+    finally:
+        _ignoring_ctrl_c(lock.release)
 
 
 def _ignoring_ctrl_c(function):

@@ -232,3 +232,83 @@ def test_real_sigint_once_the_output_is_written(point, tmp_path):
     assert "qep_run.h5 was written (it is complete)" in proc.stderr and "kept in" not in proc.stderr, proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["qep_run.h5"]
     assert load_run(str(tmp_path / "qep_run.h5")).n_realizations == 5
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path, monkeypatch, capsys):
+    # Two runs with different seeds on one output both succeeded; the later rename silently
+    # replaced the other's file without --overwrite. Here the second starts (in this process, on
+    # its own open file) while the first is about to compute its first chunk.
+    monkeypatch.chdir(tmp_path)
+    inner = []
+
+    def progress(done, total):
+        if not inner:
+            for argv in ([*ARGS, "--seed", "8"], ARGS, [*ARGS, "--seed", "8", "--overwrite"]):
+                inner.append(_cli.main([*argv, "--quiet"]))
+            inner.append(capsys.readouterr().err)
+            assert os.path.exists("qep_run.h5.lock")
+
+    with monkeypatch.context() as m:
+        m.setattr(_cli, "_Progress", lambda enabled: progress)
+        code, _, err = _main(ARGS, capsys)
+    assert code == 0, err
+    assert inner[:3] == [1, 1, 1], inner
+    assert inner[3].count(f"qep-jax: error: qep_run.h5 is being written by another qep-jax run (process "
+                          f"{os.getpid()} on ") == 3, inner[3]
+    assert load_run("qep_run.h5").parameters["seed"] == 7
+    assert sorted(os.listdir(tmp_path)) == ["qep_run.h5"]  # the lock file is removed at the end
+    # A lock file a killed run left does not block the next one.
+    (tmp_path / "qep_run.h5.lock").write_text("12345 elsewhere\n")
+    code, out, err = _main([*ARGS, "--seed", "8", "--overwrite"], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path)) == ["qep_run.h5"] and load_run("qep_run.h5").parameters["seed"] == 8
+
+
+_WAITS_AFTER_A_CHUNK = """
+    import os, sys, time
+    from qep_jax import _cli
+    def progress(done, total):
+        if done:
+            open("waiting", "w").close()
+            deadline = time.monotonic() + 120
+            while not os.path.exists("go") and time.monotonic() < deadline:
+                time.sleep(0.01)
+    _cli._Progress = lambda enabled: progress
+    sys.exit(_cli.main(sys.argv[1:]))
+"""
+
+
+def test_concurrent_processes_with_other_settings(tmp_path):
+    """Two real processes on one output, the second (with --overwrite, which the check of the parts
+    lets through) started while the first waits after its first chunk: it is refused with exit 1,
+    and the output holds the first run's settings."""
+    import time
+
+    first = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_WAITS_AFTER_A_CHUNK), *ARGS, "--quiet"],
+                             cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "waiting").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert first.poll() is None, first.stderr.read()
+        second = _child(tmp_path, "import sys; from qep_jax import _cli; sys.exit(_cli.main(sys.argv[1:]))",
+                        [*ARGS, "--quiet", "--seed", "8", "--overwrite"])
+    finally:
+        (tmp_path / "go").touch()
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert second.returncode == 1 and "qep_run.h5 is being written by another qep-jax run" in second.stderr, \
+        second.stderr
+    assert load_run(str(tmp_path / "qep_run.h5")).parameters["seed"] == 7
+    assert sorted(os.listdir(tmp_path)) == ["go", "qep_run.h5", "waiting"]
+
+
+def test_without_fcntl_runs_unlocked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(_io, "fcntl", None)
+    seen = []
+    monkeypatch.setattr(_cli, "_Progress", lambda enabled: lambda done, total: seen.append(
+        os.path.exists("qep_run.h5.lock")))
+    code, _, err = _main(ARGS, capsys)
+    assert code == 0, err
+    assert seen and not any(seen) and sorted(os.listdir(tmp_path)) == ["qep_run.h5"]
