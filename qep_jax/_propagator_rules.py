@@ -259,10 +259,11 @@ def _primal_series(config: SeriesConfig, s: _Setup, times: Array) -> Series:
 
     # Centred energies keep |E| t small where the spectrum's width allows it (see change_at).
     centred = s.energies - (jnp.max(s.energies) + jnp.min(s.energies)) / 2
+    initial = jnp.sum(s.weights, axis=(-2, -1))
     row_sums, col_sums = jnp.sum(s.weights, axis=-1), jnp.sum(s.weights, axis=-2)
 
     def at_time(t):
-        out = {"changes": change_at(centred, s.weights, row_sums, col_sums, t)}
+        out = {"changes": change_at(centred, s.weights, initial, row_sums, col_sums, t)}
         if config.reservoir_entropies:
             if split:
                 out.update(_entropies_split(config, s, t))
@@ -273,7 +274,7 @@ def _primal_series(config: SeriesConfig, s: _Setup, times: Array) -> Series:
 
     series = jax.lax.map(at_time, times, batch_size=_batch(times.shape[0], config.time_batch_size))
     changes = series["changes"]
-    values = jnp.sum(s.weights, axis=(-2, -1)) + changes
+    values = initial + changes
     return Series(values, changes, s.total_energy, series.get("reservoir_entropy"),
                   series.get("joint_reservoir_entropy"))
 

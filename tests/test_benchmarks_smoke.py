@@ -159,3 +159,9 @@ def test_gpu_bench_dry_run(tmp_path):
         with pytest.raises(SystemExit) as exc:
             gpu.main(["--out", str(tmp_path)])
         assert exc.value.code == 2
+
+
+def test_float32_precision_tiny(capsys):
+    _script("float32_precision").main(["--tiny"])
+    out = capsys.readouterr().out
+    assert "beta = 1000: entropy_production" in out and "t = 0.01" in out
