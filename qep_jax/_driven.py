@@ -483,10 +483,13 @@ def _check_smooth_protocol(protocol, n_controls: int, real) -> None:
                              f"return one amplitude per control, shape (n_controls,).")
 
 
-def _batch_rank(rho_system, d_s: int, tol: float = 1e-12) -> int:
+def _batch_rank(rho_system, d_s: int) -> int:
+    # Drops only rounding-level weights, as evolve's _static_rank (a 1e-12 cut dropped q = 9e-13
+    # and with it q beta <H_r> from D_iS).
     if not _is_concrete(rho_system):
         return d_s
     lam = np.linalg.eigvalsh(np.asarray(rho_system).reshape(-1, d_s, d_s))
+    tol = 10 * d_s * np.finfo(np.float64).eps
     counts = np.sum(lam > tol * np.maximum(1.0, lam[:, -1:]), axis=-1)
     return max(1, int(np.max(counts)))
 

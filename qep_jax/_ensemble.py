@@ -32,7 +32,7 @@ from ._evolve import (
 )
 from ._interrupt import remember_ctrl_c
 from ._linalg import batch_eigh_workers, hint_blas_threads
-from ._open_system import InputError, is_int
+from ._open_system import InputError, check_flag, is_int
 from ._statistics import Moments
 from ._trajectory import Trajectory
 from .models import SpinGORM
@@ -166,12 +166,19 @@ def check_seed(seed, name: str = "seed") -> int:
 
 
 def check_quantities(quantities) -> tuple[str, ...]:
-    """Validate quantity names; returns them as a tuple without duplicates (order kept)."""
+    """Validate quantity names; returns them as a tuple without duplicates (order kept); ``None``
+    is the default set."""
+    if quantities is None:
+        return DEFAULT_QUANTITIES
     if isinstance(quantities, str):
         quantities = [quantities]
+    try:
+        quantities = list(quantities)
+    except TypeError:
+        raise InputError(f"quantities must be a list of names, got {quantities!r}; e.g. ['entropy_production'].") from None
     out = []
     for q in quantities:
-        if q not in QUANTITIES:
+        if not isinstance(q, str) or q not in QUANTITIES:
             raise InputError(f"unknown quantity {q!r}; choose from {', '.join(QUANTITIES)}.")
         if q not in out:
             out.append(q)
@@ -520,17 +527,17 @@ def run_ensemble(
         >>> res.mean["entropy_production"].shape
         (2,)
     """
-    if not isinstance(model, SpinGORM):
-        raise InputError(f"model must be a qep_jax.SpinGORM, got {type(model).__name__}.")
-    n_realizations = _check_int("n_realizations", n_realizations, 1)
-    seed = check_seed(seed)
-    quantities = check_quantities(quantities)
+    n_realizations, seed, quantities, keep_realizations = check_run_arguments(
+        model, n_realizations, seed, quantities, keep_realizations)
     memory_budget = _check_int("memory_budget", memory_budget, 1)
     if chunk_size is not None:
         chunk_size = _check_int("chunk_size", chunk_size, 1)
     dtype = model.dtype
     warn_if_float32(dtype)
     times = np.asarray(check_times(times), dtype=dtype)
+    if devices is not None and not isinstance(devices, (list, tuple)):
+        raise InputError(f"devices must be a list of devices, got {type(devices).__name__}; e.g. "
+                         f"jax.devices()[:1] (or None for all).")
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise InputError("devices is empty; pass None for all of JAX's devices, or a list such as jax.devices()[:1].")
@@ -612,8 +619,26 @@ def run_ensemble(
     )
 
 
+def check_run_arguments(model, n_realizations, seed, quantities, keep_realizations) -> tuple:
+    """``(n_realizations, seed, quantities, keep_realizations)`` checked: what a run is keyed by
+    must be valid before it is compared with a finished one (``run_to_file`` took ``seed=0.5`` for
+    the finished seed 0 and returned it)."""
+    if not isinstance(model, SpinGORM):
+        raise InputError(f"model must be a qep_jax.SpinGORM, got {type(model).__name__}.")
+    n_realizations = _check_int("n_realizations", n_realizations, 1)
+    # Realization i is goe(fold_in(key, i)); fold_in keeps the low 32 bits of i (int32 without x64).
+    limit = 2**32 if jax.config.jax_enable_x64 else 2**31
+    if n_realizations > limit:
+        raise InputError(f"n_realizations={n_realizations} is more than {limit} = 2**{limit.bit_length() - 1}: "
+                         f"realization indices beyond it would repeat realizations; use several seeds.")
+    return (n_realizations, check_seed(seed), check_quantities(quantities),
+            check_flag("keep_realizations", keep_realizations))
+
+
 def run_parameters(model: SpinGORM, times, n_realizations, seed, quantities, keep_realizations) -> dict:
     """Everything that determines a run's numbers, as JSON-friendly Python scalars and lists."""
+    n_realizations, seed, quantities, keep_realizations = check_run_arguments(
+        model, n_realizations, seed, quantities, keep_realizations)
     params = {
         "model": "spin_gorm",
         "n_levels": int(model.n_levels),

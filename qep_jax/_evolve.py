@@ -14,7 +14,7 @@ from jax import Array
 
 from . import _linalg
 from ._entropy import von_neumann_entropy
-from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all, check_count
+from ._open_system import InputError, OpenSystem, _is_concrete, _kron_all, check_count, check_flag, numeric
 from ._propagator_rules import (SeriesConfig, n_series_observables, spectral_series, system_pairs,
                                 system_state_from_pairs, thermal_state)
 from ._trajectory import Trajectory
@@ -222,13 +222,13 @@ def check_times(times, dtype=None) -> Array:
     becomes ``(1,)`` as a concrete one does, instead of failing inside the kernel.
     """
     if not _is_concrete(times):
-        if jnp.iscomplexobj(times):
+        if jnp.iscomplexobj(times) or jnp.asarray(times).dtype == jnp.bool_:
             raise InputError("times must be finite real numbers.")
         times = jnp.atleast_1d(times)
         if times.ndim != 1 or times.shape[0] == 0:
             raise InputError(f"times must be a non-empty 1-D array of time points, got shape {times.shape}.")
         return times.astype(dtype or jnp.result_type(float))
-    arr = np.asarray(times)
+    arr = np.asarray(numeric("times", times, real=True))  # strings, None and bool are refused
     if arr.ndim == 0:
         arr = arr[None]
     if arr.ndim != 1 or arr.size == 0:
@@ -310,6 +310,7 @@ def evolve(
         raise InputError(f"open_system is a batch of systems (coupling has shape {open_system.coupling.shape}); "
                          f"evolve takes one: map it over the batch, e.g. jax.vmap(lambda s: qep_jax.evolve(s, "
                          f"times))(systems).")
+    reservoir_entropies = check_flag("reservoir_entropies", reservoir_entropies)
     times = check_times(times, jnp.finfo(open_system.coupling.dtype).dtype)
     warn_if_float32(open_system.coupling.dtype)
     rank = _static_rank(open_system.rho_system)

@@ -49,7 +49,6 @@ from ._entropy import entropy_from_eigenvalues, von_neumann_entropy
 from ._open_system import _kron_all
 from ._spectral import (
     change_at,
-    diagonalize,
     expectation_at,
     Spectrum,
     cross_split,
@@ -195,7 +194,7 @@ def _setup(config: SeriesConfig, h, rho0, reservoir_ops, rho_system, sqrt_eqs) -
     del rho0
     dims = config.dims
     d_s, total = dims[0], math.prod(dims)
-    spectrum = diagonalize(h)
+    spectrum = Spectrum(*_linalg.eigh(h))  # not diagonalize: h is built, and checked, by OpenSystem
     w = spectrum.vectors
     # rho(0) = (L (x) S)(L (x) S)^dag with S = sqrt(rho_1^eq) (x) ...: W^dag rho(0) W = C C^dag with
     # C = W^dag (L (x) S), 2 r D^2 (M + M / d_s) flops for rank(rho_s(0)) = r instead of the 4 D^3 of

@@ -568,3 +568,34 @@ def test_memory_suggestions_are_accepted(n_levels, n_times, budget):
     suggested_n = re.search(r"n_levels <= (\d+)", message)
     if suggested_n:
         plan_memory(int(suggested_n.group(1)), n_times, quantities, 8, budget)
+
+
+def test_run_arguments_are_checked_before_a_finished_run_is_matched(model, tmp_path):
+    """run_parameters took int() of its arguments before any check: run_to_file(seed=0.5) returned
+    the finished seed-0 run, and a SpinTwoGORM failed with an AttributeError."""
+    from qep_jax import run_to_file
+
+    out = tmp_path / "run.h5"
+    run_to_file(model, TIMES, 2, str(out), seed=0, quantities=QUANTITIES, )
+    for kwargs, message in (({"seed": 0.5}, "seed"), ({"seed": False}, "seed"),
+                            ({"n_realizations": 2.9}, "n_realizations")):
+        args = {"n_realizations": 2, "seed": 0, **kwargs}
+        with pytest.raises(qep_jax.InputError, match=message):
+            run_to_file(model, TIMES, args["n_realizations"], str(out), seed=args["seed"], quantities=QUANTITIES)
+    with pytest.raises(qep_jax.InputError, match="model must be a qep_jax.SpinGORM"):
+        run_to_file(qep_jax.SpinTwoGORM(4, 0.1, 0.1, 1.0, 2.0), TIMES, 2, str(out), )
+
+
+def test_run_ensemble_argument_forms(model):
+    """quantities=None is the default set (run_to_file took it, run_ensemble failed with a TypeError);
+    one device instead of a list, and more realizations than fold_in can index, are InputErrors."""
+    import jax
+
+    res = run_ensemble(model, TIMES, 2, quantities=None)
+    assert set(res.mean) == set(qep_jax._ensemble.DEFAULT_QUANTITIES)
+    with pytest.raises(qep_jax.InputError, match="devices must be a list"):
+        run_ensemble(model, TIMES, 2, devices=jax.devices()[0])
+    with pytest.raises(qep_jax.InputError, match="n_realizations=4294967297 is more than 4294967296"):
+        run_ensemble(model, TIMES, 2**32 + 1)
+    with pytest.raises(qep_jax.InputError, match="keep_realizations='no' must be True or False"):
+        run_ensemble(model, TIMES, 2, keep_realizations="no")

@@ -326,3 +326,16 @@ def test_heat_and_entropy_production_near_t0_at_low_temperature():
     # D_iS = Delta S_s - beta Q; at this beta the heat term is ~100x the entropy change.
     expected = np.asarray(traj.system_entropy)[1:] - beta * heat_ref
     np.testing.assert_allclose(np.asarray(traj.entropy_production)[1:], expected, rtol=1e-8)
+
+
+def test_time_and_flag_forms_are_checked():
+    """times=['1'] failed inside NumPy ('ufunc isfinite'), bool times ran as 0/1, and
+    reservoir_entropies='no' was truthy."""
+    import jax
+
+    system = qep_jax.SpinGORM(4, 0.1, 0.1, 2.0).open_system(qep_jax.goe(jax.random.key(0), 4))
+    for bad in (["1"], [True, False], None):
+        with pytest.raises(qep_jax.InputError, match="times"):
+            qep_jax.evolve(system, bad)
+    with pytest.raises(qep_jax.InputError, match="reservoir_entropies='no' must be True or False"):
+        qep_jax.evolve(system, TIMES, reservoir_entropies="no")
