@@ -553,11 +553,11 @@ def _run(args) -> int:
                           f"recomputed).", file=sys.stderr)
                     return 1
             ctrl_c.check()
+            if not s["quiet"]:  # a press here said "interrupted before the run started; nothing was written"
+                print(_summary(result, runtime, s["output"], s["figure"], already))
     except KeyboardInterrupt as err:
         sys.stderr.write("\n" + _interrupt_message(err, s, stage["step"]) + "\n")
         return EXIT_INTERRUPTED
-    if not s["quiet"]:
-        print(_summary(result, runtime, s["output"], s["figure"], already))
     return 0
 
 
@@ -692,8 +692,11 @@ def pin_blas_threads() -> bool:
 def entry_point() -> None:
     """The ``qep-jax`` script and ``python -m qep_jax``: :func:`pin_blas_threads`, then :func:`main`."""
     try:
-        pin_blas_threads()
-        code = main()
+        # First of all: a press that Python drops before run's own handling starts (in a gc
+        # callback of jax) was lost, and the run finished with exit 0.
+        with remember_ctrl_c():
+            pin_blas_threads()
+            code = main()
     except KeyboardInterrupt:  # before main could catch it
         print("\ninterrupted before the run started; nothing was written.", file=sys.stderr)
         code = EXIT_INTERRUPTED

@@ -312,3 +312,111 @@ def test_without_fcntl_runs_unlocked(tmp_path, monkeypatch, capsys):
     code, _, err = _main(ARGS, capsys)
     assert code == 0, err
     assert seen and not any(seen) and sorted(os.listdir(tmp_path)) == ["qep_run.h5"]
+
+
+# Ctrl-C in a gc callback while qep_jax's imports run, as in jax's _xla_gc_callback: Python drops
+# the KeyboardInterrupt ("Exception ignored in ...").
+_CTRL_C_DROPPED_DURING_IMPORT = """
+    import gc, signal, sys
+    def callback(phase, info):
+        if "qep_jax._driven" in sys.modules and "qep_jax.protocols" not in sys.modules \\
+                and not hasattr(callback, "done"):
+            callback.done = True
+            signal.raise_signal(signal.SIGINT)
+    gc.callbacks.append(callback)
+    try:
+        from qep_jax._cli import entry_point
+    finally:
+        gc.callbacks.remove(callback)
+        print("pressed" if hasattr(callback, "done") else "not pressed", flush=True)
+    sys.argv[0] = "qep-jax"
+    entry_point()
+"""
+
+
+def test_a_ctrl_c_python_drops_while_qep_jax_is_imported_stops_the_run(tmp_path):
+    # The press was lost: the run finished and exited 0.
+    proc = _child(tmp_path, _CTRL_C_DROPPED_DURING_IMPORT, [*ARGS, "--quiet"])
+    assert proc.stdout == "pressed\n"
+    assert proc.returncode == -signal.SIGINT, proc.stderr[-2000:]  # Python's own KeyboardInterrupt exit
+    assert proc.stderr.rstrip().endswith("KeyboardInterrupt") and "Exception ignored" not in proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_importing_qep_jax_keeps_the_unraisable_hook(tmp_path):
+    code = """
+        import sys
+        hook = sys.unraisablehook
+        import qep_jax
+        assert sys.unraisablehook is hook and not hasattr(qep_jax, "_reraise_dropped_ctrl_c")
+        import jax
+        assert not jax.config.jax_enable_x64
+        class Raises:
+            def __del__(self):
+                raise ValueError("not a Ctrl-C")
+        Raises()
+    """
+    proc = _child(tmp_path, code, [])
+    assert proc.returncode == 0 and "Exception ignored" in proc.stderr and "not a Ctrl-C" in proc.stderr, \
+        proc.stderr
+
+
+def test_dropped_ctrl_c_context_passes_other_exceptions_on(monkeypatch):
+    from qep_jax import _interrupt
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+
+    class Raises:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupt.reraise_dropped_ctrl_c():
+            Raises(KeyboardInterrupt())
+            Raises(ValueError("other"))
+    assert [a.exc_type for a in seen] == [ValueError] and sys.unraisablehook == seen.append
+    with _interrupt.reraise_dropped_ctrl_c():  # nothing dropped: nothing raised
+        Raises(ValueError("again"))
+    assert len(seen) == 2
+
+
+# A press Python drops before the run's own handling starts (here: while the entry point pins the
+# BLAS threads) is sent again by the handler the entry point installs first.
+_CTRL_C_DROPPED_IN_ENTRY_POINT = """
+    import signal, sys
+    from qep_jax import _cli
+    class Drops:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+    real_pin = _cli.pin_blas_threads
+    def pin():
+        Drops()
+        return real_pin()
+    _cli.pin_blas_threads = pin
+    sys.argv[0] = "qep-jax"
+    _cli.entry_point()
+"""
+
+
+def test_a_ctrl_c_python_drops_in_the_entry_point_stops_the_run(tmp_path):
+    proc = _child(tmp_path, _CTRL_C_DROPPED_IN_ENTRY_POINT, [*ARGS, "--quiet"])
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "interrupted before" in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_ctrl_c_during_the_summary_says_the_output_is_complete(tmp_path, monkeypatch, capsys):
+    # It said "interrupted before the run started; nothing was written".
+    monkeypatch.chdir(tmp_path)
+
+    def summary(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cli, "_summary", summary)
+    code, _, err = _main(ARGS, capsys)
+    assert code == 130 and "qep_run.h5 was written (it is complete)" in err, err
+    assert sorted(os.listdir(tmp_path)) == ["qep_run.h5"]
