@@ -125,7 +125,9 @@ class EnsembleResult:
         times: ``(T,)``.
         parameters: run parameters (n_levels, delta, coupling_strength, beta, n_realizations,
             seed, precision, quantities, keep_realizations).
-        mean, variance, standard_error: quantity -> ``(T,)`` or ``(T, K)`` (K = 1 reservoir).
+        mean, variance, standard_error: quantity -> ``(T,)`` or ``(T, K)`` (K = 1 reservoir);
+            the variance is the sample variance (``R - 1`` in the denominator), so with one
+            realization it and the standard error are NaN.
         series: quantity -> ``(R, T[, K])`` per-realization values, or ``None``.
         info: how it ran (device, device_count, chunk_size, runtime_s, resumed_realizations).
     """
