@@ -308,7 +308,8 @@ class PartStore:
             if not match or (int(match.group(1)) != os.getpid() and _process_alive(int(match.group(1)))):
                 continue
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-            self.report(f"removed {name}, left by an interrupted clean-up of {os.path.basename(self.directory)}.")
+            if int(match.group(1)) != os.getpid():  # this process's: finishing its own clean-up
+                self.report(f"removed {name}, left by an interrupted clean-up of {os.path.basename(self.directory)}.")
 
     def holds_nothing_to_resume(self) -> bool:
         """True for a parts directory without a manifest that holds only part and temporary files
@@ -628,11 +629,13 @@ def run_to_file(
         # The output is complete when this run renamed it into place: with the previous file (or
         # none) gone, its identity changed. A press inside write_run after the rename, or between
         # the rename and the clean-up, used to be reported as "6 of 6 kept in <output>.parts".
-        complete = state["complete"] or (writer and "identity" in state
-                                         and _file_identity(output) not in (None, state["identity"]))
-        if complete:
+        renamed = writer and "identity" in state and _file_identity(output) not in (None, state["identity"])
+        if state["complete"] or renamed:
+            if writer and (renamed or state.get("clean_up")):
+                # Only the parts this run decided to delete (not those of other settings found
+                # next to a finished output); a second press leaves trash, which the next run removes.
+                _ignoring_ctrl_c(store.remove)
             if writer:
-                _ignoring_ctrl_c(store.remove)  # a second press leaves trash, which the next run removes
                 _ignoring_ctrl_c(store.remove_trash)
             raise RunInterrupted(store.directory, n_realizations, n_realizations, True, output) from err
         kept = _ignoring_ctrl_c(store.kept_realizations)
@@ -685,6 +688,7 @@ def _run_to_file(model, times, n_realizations, output, store, overwrite, writer,
                 manifest = {}  # a damaged manifest is left for the user to see
             if manifest is None and store.holds_nothing_to_resume() \
                     or manifest is not None and manifest.get("parameters_hash") == store.hash:
+                state["clean_up"] = True
                 store.remove()
                 report(f"removed {store.directory}: {output} already holds the finished run.")
         return existing, True
@@ -696,6 +700,6 @@ def _run_to_file(model, times, n_realizations, output, store, overwrite, writer,
                           on_chunk=store.save if writer else None, **runner_kwargs)
     if writer:
         write_run(output, result)
-        state["complete"] = True
+        state["complete"] = state["clean_up"] = True
         store.remove()
     return result, False

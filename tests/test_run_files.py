@@ -88,8 +88,10 @@ def test_trash_of_a_live_process_is_left_alone(tmp_path, monkeypatch, capsys):
     other_output = "other.h5.parts.trash-999999999-0123abcd"
     for name in (mine, live, other_output):
         os.makedirs(os.path.join(name, "x"))
+    dead = "qep_run.h5.parts.trash-999999999-0123abcd"
+    os.makedirs(os.path.join(dead, "x"))
     code, _, err = _main(ARGS, capsys)
-    assert code == 0 and f"removed {mine}, left by an interrupted clean-up" in err
+    assert code == 0 and f"removed {dead}, left by an interrupted clean-up" in err and mine not in err
     assert sorted(os.listdir(tmp_path)) == sorted([live, other_output, "qep_run.h5"])
 
 
@@ -420,3 +422,26 @@ def test_ctrl_c_during_the_summary_says_the_output_is_complete(tmp_path, monkeyp
     code, _, err = _main(ARGS, capsys)
     assert code == 130 and "qep_run.h5 was written (it is complete)" in err, err
     assert sorted(os.listdir(tmp_path)) == ["qep_run.h5"]
+
+
+def test_ctrl_c_next_to_a_finished_output_keeps_parts_of_other_settings(tmp_path, monkeypatch, capsys):
+    # Ctrl-C while a rerun of a finished run looks at the parts directory: the output is complete,
+    # but the parts there (an interrupted --overwrite with other settings) are not this run's to delete.
+    monkeypatch.chdir(tmp_path)
+    assert _main([*ARGS, "--quiet"], capsys)[0] == 0
+
+    def stop(done, total):
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    other = [*ARGS, "--seed", "8", "--overwrite"]
+    with monkeypatch.context() as m:
+        m.setattr(_cli, "_Progress", lambda enabled: stop)
+        assert _main(other, capsys)[0] == 130
+    with monkeypatch.context() as m:
+        m.setattr(_io.PartStore, "read_manifest", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+        code, _, err = _main(ARGS, capsys)
+    assert code == 130 and "qep_run.h5 was written (it is complete)" in err, err
+    assert sorted(os.listdir(tmp_path)) == ["qep_run.h5", "qep_run.h5.parts"]
+    code, out, err = _main(other, capsys)
+    assert code == 0 and "resuming: 2 of 5" in err and load_run("qep_run.h5").parameters["seed"] == 8
