@@ -333,8 +333,10 @@ def _thermodynamics(system, times, controls, series: _Series, work_integral):
     work = energy - energy[0]
     heat = eq.grand_energy - reservoir_energy
     d_entropy = system_entropy - entropy0
-    # Tr rho ln(rho_s (x) rho_r^eq) with ln rho_r^eq = -beta H_r - ln Z and S(rho(t)) = S_tot (unitary).
-    entropy_production = system_entropy - total_entropy + beta * reservoir_energy + eq.log_partition
+    # Eq. 10 with ln rho_r^eq = -beta H_r - ln Z and S(rho(t)) = S_tot (unitary) is exactly
+    # dS - beta Q; so evaluated, it does not add the rounding of ln Z and S_tot (each ~beta |E|)
+    # to that of the heat, and equals entropy_production_balance, as in evolve.
+    entropy_production = d_entropy - beta * heat
     free_energy_change = (system_energy - system_energy[0]) - d_entropy / beta
     return DrivenTrajectory(
         times=times,

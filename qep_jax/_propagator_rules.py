@@ -531,16 +531,24 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
             result["joint_reservoir_entropy"] = out[n_res]
         return result
 
+    # The tangent of the changes since t = 0 is computed as a change too (change_at): as the
+    # difference of two tangents it cancelled like the values did (d Q / d beta was 96% off at
+    # t = 1e-7). With sum_ab M_ab phi_a phi_b* = S + C(M): d changes = C(M1) + t (C(M2) + S2) + t^2 (C(M3) + S3).
+    centred = e - (jnp.max(e) + jnp.min(e)) / 2
+    stacked_sums = jnp.sum(stacked, axis=(-2, -1))
+    stacked_rows, stacked_cols = jnp.sum(stacked, axis=-1), jnp.sum(stacked, axis=-2)
+
     def tangent_at(t_dt):
         t, dt = t_dt
         cos, sin = jnp.cos(e * t), jnp.sin(e * t)
-        parts = expectation_at(e, stacked, t)
-        dvalues = parts[:n_obs]
+        parts = change_at(centred, stacked, stacked_sums, stacked_rows, stacked_cols, t)
+        dchanges = parts[:n_obs]
         if m2 is not None:
-            dvalues = dvalues + t * parts[n_obs:2 * n_obs] + t**2 * parts[2 * n_obs:3 * n_obs]
+            dchanges = (dchanges + t * (parts[n_obs:2 * n_obs] + stacked_sums[n_obs:2 * n_obs])
+                        + t**2 * (parts[2 * n_obs:3 * n_obs] + stacked_sums[2 * n_obs:3 * n_obs]))
         if with_dt:
-            dvalues = dvalues + dt * expectation_at(e, time_weights, t)
-        result = {"values": dvalues}
+            dchanges = dchanges + dt * expectation_at(e, time_weights, t)
+        result = {"changes": dchanges}
         if not expensive_tangent:
             return result
         if split:
@@ -597,10 +605,10 @@ def _spectral_series_jvp(config: SeriesConfig, primals, tangents):
             return None
         return series[name] if expensive_tangent else jnp.zeros_like(primal)
 
-    dvalues = series["values"].astype(out.values.dtype)
+    dchanges = series["changes"].astype(out.values.dtype)
     # The t = 0 values sum_ab M_ab do not depend on the times: their tangent is that of M1.
-    dinitial = jnp.sum(m1, axis=(-2, -1)).astype(out.values.dtype)
-    tangent = Series(dvalues, dvalues - dinitial, dtotal,
+    dinitial = stacked_sums[:n_obs].astype(out.values.dtype)
+    tangent = Series(dinitial + dchanges, dchanges, dtotal,
                      expensive_out("reservoir_entropy"), expensive_out("joint_reservoir_entropy"))
     return out, tangent
 
