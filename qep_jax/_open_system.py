@@ -60,8 +60,11 @@ def numeric(name: str, value: Any, *, real: bool = False):
     else:
         try:
             arr = np.asarray(value)
-        except (ValueError, TypeError):  # ragged nested lists
-            raise InputError(f"{name} is not a rectangular array of numbers; give equal-length rows.") from None
+        except (ValueError, TypeError):
+            try:  # a list holding JAX arrays or tracers (jax.grad over one entry): jnp stacks them
+                arr = jnp.asarray(value)
+            except (ValueError, TypeError):  # ragged nested lists
+                raise InputError(f"{name} is not a rectangular array of numbers; give equal-length rows.") from None
     dtype = getattr(arr, "dtype", None)
     if isinstance(value, (str, bytes)) or value is None:
         raise InputError(f"{name}={value!r} must be a number or an array of numbers.")
@@ -204,6 +207,19 @@ def _real_dtype(value: np.ndarray):
     return np.float64
 
 
+def _stack_traced(value: Any) -> Any:
+    """A list holding JAX arrays or tracers (``[[-1, g], [g, 1]]`` under ``jax.grad`` over ``g``)
+    as one JAX array, as ``jnp.asarray`` stacks it; other values unchanged. NumPy cannot convert
+    tracers, so the checks refused such a list as 'not a rectangular array'."""
+    if isinstance(value, (list, tuple)) and any(isinstance(leaf, jax.Array)
+                                                for leaf in jax.tree_util.tree_leaves(value)):
+        try:
+            return jnp.asarray(value)
+        except (ValueError, TypeError):
+            return value  # ragged: numeric() names it
+    return value
+
+
 def _as_matrix_tuple(name: str, value: Any, *, allow_empty: bool = False, what: str = "matrix") -> tuple[Any, ...]:
     """One matrix (2-D, or nested lists of numbers) or a sequence of matrices (3-D, list) as a tuple."""
     if isinstance(value, (list, tuple)) and value and all(
@@ -296,6 +312,8 @@ class OpenSystem:
         number_operators=None,
         diagonal_reservoirs: bool | None = None,
     ):
+        h_system, betas, coupling, rho_system, chemical_potentials = (
+            _stack_traced(x) for x in (h_system, betas, coupling, rho_system, chemical_potentials))
         h_res = _as_matrix_tuple("h_reservoirs", h_reservoirs, what="reservoir Hamiltonian")
         n_res = len(h_res)
         n_ops = None if number_operators is None else _as_matrix_tuple("number_operators", number_operators)

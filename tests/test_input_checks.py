@@ -486,3 +486,21 @@ def test_landauer_bounds_at_a_huge_beta():
     np.testing.assert_allclose(huge.spectral, large.spectral, rtol=1e-10)
     with pytest.raises(InputError, match="entropy_decrease is traced"):
         jax.jit(lambda x: qep_jax.landauer_bounds(x, energies, 10.0).landauer)(0.1)
+
+
+def test_lists_holding_tracers_are_stacked():
+    """A list of traced entries (jax.grad over one matrix entry, jit over two betas) was refused as
+    'not a rectangular array'; it is stacked as jnp.asarray would."""
+    h_r, coupling = np.diag([-0.5, 0.5]), 0.1 * np.kron([[0.0, 1.0], [1.0, 0.0]], [[0.3, 1.0], [1.0, -0.7]])
+    times = np.array([0.0, 1.0, 3.0])
+
+    def heat(g):
+        system = qep_jax.OpenSystem([[-1.0, g], [g, 1.0]], h_r, 2.0, coupling, np.diag([1.0, 0.0]))
+        return qep_jax.evolve(system, times, reservoir_entropies=False).heat[-1, 0]
+
+    h = 1e-6
+    np.testing.assert_allclose(jax.grad(heat)(0.2), (heat(0.2 + h) - heat(0.2 - h)) / (2 * h), rtol=1e-6)
+    two = qep_jax.OpenSystem(np.diag([-0.1, 0.1]), [h_r, h_r], [1.0, 2.0], 0.1 * np.ones((8, 8)), np.diag([1.0, 0.0]))
+    jitted = jax.jit(lambda b1, b2: qep_jax.OpenSystem(two.h_system, two.h_reservoirs, [b1, b2], two.coupling,
+                                                       two.rho_system).betas)(1.0, 2.0)
+    np.testing.assert_array_equal(jitted, [1.0, 2.0])
