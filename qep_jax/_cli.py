@@ -207,7 +207,10 @@ FLAGS = {
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="qep-jax", description="Exact entropy production of spin-GORM ensembles (qep_jax).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     run = sub.add_parser("run", help="run a spin-GORM ensemble, write the output file and figure",
                          description="Run a spin-GORM ensemble. Units hbar = k_B = 1.")
@@ -660,6 +663,11 @@ def main(argv=None) -> int:
     except InputError as err:
         print(f"qep-jax: error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader of stdout went away (qep-jax info | head -1): nothing of ours failed. stdout goes
+        # to devnull so that the interpreter's last flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as err:
         print(f"qep-jax: error: {err.strerror or err} ({err.filename or ''}); check the path and permissions.",
               file=sys.stderr)

@@ -325,13 +325,18 @@ def _smooth_kernel(system, drives, protocol, *, n_steps: int, rank: int, checkpo
 def _thermodynamics(system, times, controls, series: _Series, work_integral):
     eq = _equilibrium(system, 0)
     rho_s, reservoir_energy, energy = series.system_state, series.reservoir_energy, series.energy
+    # times[0] = 0: there rho_s is rho_s(0) itself (with the series' derivative), as in evolve; the
+    # propagated one had rounding-level eigenvalues, which gave D_iS(0) = -5.8e-15, not 0.
+    exact = jax.lax.stop_gradient(system.rho_system.astype(rho_s.dtype) - rho_s[0]) + rho_s[0]
+    rho_s = rho_s.at[0].set(exact)
     beta = system.betas[0]
     system_entropy = von_neumann_entropy(rho_s)
     entropy0 = von_neumann_entropy(system.rho_system)
     total_entropy = entropy0 + eq.entropy
     system_energy = energy - reservoir_energy
     work = energy - energy[0]
-    heat = eq.grand_energy - reservoir_energy
+    # Against the recorded t = 0 value, as the work: 0 at t = 0 (the Gibbs energy gave ~2e-16 there).
+    heat = reservoir_energy[0] - reservoir_energy
     d_entropy = system_entropy - entropy0
     # Eq. 10 with ln rho_r^eq = -beta H_r - ln Z and S(rho(t)) = S_tot (unitary) is exactly
     # dS - beta Q; so evaluated, it does not add the rounding of ln Z and S_tot (each ~beta |E|)
@@ -696,7 +701,7 @@ def landauer_bounds(entropy_decrease, reservoir_energies, beta) -> LandauerBound
     ds = np.asarray(ds, dtype=float)
     energies = np.sort(np.asarray(energies, dtype=float))
     d = energies.size
-    landauer = ds / beta
+    landauer = np.asarray(ds / beta)  # a 0-d array for a scalar dS, as the other two bounds
     quadratic = 2 * ds**2 / (np.log(d - 1) ** 2 + 4) if d > 2 else np.zeros_like(ds)
     reeb_wolf = np.where(ds >= 0, (ds + quadratic) / beta, landauer)
     s0, e0 = _gibbs(energies, beta)

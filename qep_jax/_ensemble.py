@@ -27,6 +27,7 @@ from ._evolve import (
     auto_time_batch_size,
     check_times,
     cpu_realization_batch,
+    format_bytes as _format_bytes,
     realization_bytes,
     warn_if_float32,
 )
@@ -355,16 +356,6 @@ def check_memory(model: SpinGORM, n_times: int, n_realizations: int, quantities,
             f"{plan.per_device * n_devices} or a larger {names['memory_budget']}."
         )
     return plan
-
-
-def _format_bytes(n: float, up: bool = False) -> str:
-    """``n`` in the largest binary unit, 2 decimals; ``up`` rounds up, so a needed size printed
-    this way always fits (a need of 2.0001 GiB is shown as 2.01 GiB, not as the 2.00 GiB budget)."""
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            value = math.ceil(n / size * 100) / 100 if up else math.floor(n / size * 100) / 100
-            return f"{value:.2f} {unit}"
-    return f"{math.ceil(n)} B"
 
 
 @functools.lru_cache(maxsize=32)

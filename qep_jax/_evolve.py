@@ -192,6 +192,16 @@ def realization_bytes(dims: tuple[int, ...], n_times: int, *, system_rank: int, 
     return fixed + min(time_batch_size, n_times) * per_time + n_times * 64 * itemsize
 
 
+def format_bytes(n: float, up: bool = False) -> str:
+    """``n`` in the largest binary unit, 2 decimals; ``up`` rounds up, so a needed size printed
+    this way always fits (a need of 2.0001 GiB is shown as 2.01 GiB, not as the 2.00 GiB budget)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            value = math.ceil(n / size * 100) / 100 if up else math.floor(n / size * 100) / 100
+            return f"{value:.2f} {unit}"
+    return f"{math.ceil(n)} B"
+
+
 # Realizations evaluated together on the CPU (the lax.map batch). Per-realization time of
 # SpinGORM.simulate against this batch (T = 100, 2-core AMD EPYC, BLAS pinned to one thread),
 # cheap set: best at 4-8 for N <= 64 and at 2-4 for N = 128-400; full set: best at 2-4. One batch
@@ -285,7 +295,7 @@ def evolve(
 
     Args:
         open_system: the problem, see :class:`OpenSystem`.
-        times: ``(T,)`` time points (any order, any sign).
+        times: ``(T,)`` time points (any order, any sign); a scalar is one time point (``T = 1``).
         reservoir_entropies: also compute ``reservoir_entropy``, ``mutual_information``,
             ``correlation_entropy``, ``reservoir_relative_entropy`` (and the inter-reservoir
             term for ``K >= 2``).

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
+import qep_jax
 from qep_jax import _cli, _interrupt, load_run
 
 SMALL = ["--n-levels", "6", "--t-max", "30", "--n-times", "4", "--realizations", "5", "--seed", "7",
@@ -526,3 +527,19 @@ def test_memory_errors_name_the_config_key(tmp_path, monkeypatch, capsys):
     (tmp_path / "grid.toml").write_text('n_times = 100000000\nmemory_budget = "64MiB"\n')
     code, _, err = _main(["run", "--config", "grid.toml"], capsys)
     assert code == 2 and "config n_times 100000000: the time grid alone" in err and "--" not in err, err
+
+
+@pytest.mark.parametrize("argv", [["info"], ["run", "--help"]])
+def test_closed_stdout_is_not_an_error(argv):
+    """'qep-jax info | head -1' printed 'qep-jax: error: Broken pipe ...' and exited 1."""
+    proc = subprocess.Popen([sys.executable, "-m", "qep_jax", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    proc.stdout.close()  # before the child writes: it is still importing
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "error" not in err.lower(), err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"qep-jax {qep_jax.__version__}"

@@ -163,6 +163,22 @@ def test_piecewise_first_law_and_eq24(piecewise):
     assert abs(out.work[-1]) > 1e-2  # the protocol really does work
 
 
+@pytest.mark.parametrize("beta", [10.0, 100.0])
+def test_values_at_t0_are_zero(problem, beta):
+    """At t = 0 the heat, work and D_iS are 0 exactly, as in evolve: the propagated rho_s(0) had
+    rounding-level eigenvalues (D_iS(0) = -1.8e-15 to -5.8e-15) and the heat was taken against the
+    closed-form Gibbs energy (~2e-16). A pure and a mixed initial state, both protocol kinds."""
+    s = problem["system"]
+    for rho in (np.diag([1.0, 0.0]), np.diag([0.8, 0.2])):
+        system = qep_jax.OpenSystem(s.h_system, s.h_reservoirs, beta, s.coupling, rho)
+        for protocol in (PiecewiseConstant(np.full(3, 0.5), np.array([[0.3], [-0.2], [0.1]])),
+                         FourierRamp(2.0, np.array([0.0]), np.array([0.3]), np.array([[0.1]]))):
+            steps = {} if isinstance(protocol, PiecewiseConstant) else {"n_steps": 16}
+            out = qep_jax.drive(system, protocol, system_drives=[problem["a"]], **steps)
+            assert out.entropy_production[0] == 0.0 and out.heat[0] == 0.0 and out.work[0] == 0.0
+            assert np.all(np.asarray(out.entropy_production) >= 0.0)
+
+
 def test_constant_protocol_equals_evolve(problem):
     """No driving: the energetics reduce to the undriven engine (qep_jax.evolve)."""
     protocol = PiecewiseConstant(np.full(5, 0.7), np.zeros((5, 1)))
@@ -689,3 +705,10 @@ def test_landauer_bounds_edge_cases():
     # A flat spectrum: no entropy to gain, nothing to lose.
     b = qep_jax.landauer_bounds(np.array([-0.5, 0.0, 0.1]), np.zeros(4), 2.0)
     np.testing.assert_array_equal(b.spectral, [0.0, 0.0, np.inf])
+
+
+def test_landauer_bounds_fields_have_one_type():
+    """landauer was a NumPy scalar for a scalar dS while the other two bounds were 0-d arrays."""
+    for ds in (0.3, np.array([0.3, 0.1])):
+        bounds = qep_jax.landauer_bounds(ds, np.linspace(-0.5, 0.5, 5), 2.0)
+        assert all(type(b) is np.ndarray and b.shape == np.shape(ds) for b in bounds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import qep_jax
 
@@ -105,3 +106,11 @@ def test_model_parameters_are_differentiable_leaves(key):
     assert len(leaves) == 3
     doubled = jax.tree.map(lambda v: 2 * v, model)
     assert doubled.n_levels == 4 and float(doubled.beta) == 20.0
+
+
+def test_simulate_memory_message_uses_a_readable_unit(key):
+    """It printed 'needs about 0.00 GiB, more than memory_budget=0.00 GiB' for small budgets."""
+    model = qep_jax.SpinGORM(8, 0.1, 0.1, 2.0)
+    with pytest.raises(qep_jax.InputError, match=r"needs about \d+\.\d\d KiB, more than memory_budget=1000 bytes "
+                                                 r"\(1000 B\)"):
+        model.simulate(key, np.array([0.0, 1.0]), 2, memory_budget=1000)

@@ -13,6 +13,7 @@ from .._evolve import (
     auto_time_batch_size,
     check_times,
     cpu_realization_batch,
+    format_bytes,
     realization_bytes,
     warn_if_float32,
 )
@@ -146,7 +147,8 @@ class SpinGORM:
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         first_realization: int = 0,
     ) -> Trajectory:
-        """Evolve ``n_realizations`` independent realizations; realization ``i`` uses :func:`realization_matrix`.
+        """Evolve ``n_realizations`` independent realizations; realization ``i`` uses the GOE matrix
+        ``goe(fold_in(key, i), n_levels)`` (drawn in float64 and rounded for a float32 model when x64 is on).
 
         Realizations are processed ``batch_size`` at a time (``jax.lax.map``), so memory is bounded
         by the batch, not by ``n_realizations``; results do not depend on the batch size.
@@ -159,7 +161,8 @@ class SpinGORM:
             batch_size: realizations evaluated together; default from ``memory_budget``, on the
                 CPU also at most what stays in cache (2-8 here; larger batches ran slower).
             time_batch_size: see :func:`qep_jax.evolve`.
-            memory_budget: bytes the batch may use (estimate), a positive int; a run whose single
+            memory_budget: bytes the batch may use (estimate), a positive int of bytes (not a
+                string such as the CLI's '2GiB'); a run whose single
                 realization does not fit raises :class:`qep_jax.InputError`.
             first_realization: index of the first realization (for continuing an ensemble);
                 ``first_realization + n_realizations <= 2**32`` (``2**31`` without x64): ``fold_in``
@@ -188,9 +191,9 @@ class SpinGORM:
         )
         if per_realization > memory_budget:
             raise InputError(
-                f"one realization needs about {per_realization / 2**30:.2f} GiB, more than "
-                f"memory_budget={memory_budget / 2**30:.2f} GiB; raise memory_budget or lower "
-                f"time_batch_size / n_levels."
+                f"one realization needs about {format_bytes(per_realization, up=True)}, more than "
+                f"memory_budget={memory_budget} bytes ({format_bytes(memory_budget)}); raise memory_budget "
+                f"or lower time_batch_size / n_levels."
             )
         if batch_size is None:
             batch_size = int(max(1, min(n_realizations, memory_budget // per_realization)))
