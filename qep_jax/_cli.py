@@ -536,6 +536,11 @@ def _interrupt_message(err: KeyboardInterrupt, s: dict, step: str) -> str:
     return "interrupted before the run started; nothing was written."
 
 
+# Set once a run has printed its summary: a press after that (before the process ignores SIGINT)
+# is not an interruption; it was reported as "interrupted before the run started" with exit 130.
+_FINISHED = {"run": False}
+
+
 def _run(args) -> int:
     s = _settings(args)
     stage = {"step": "setup"}
@@ -558,6 +563,7 @@ def _run(args) -> int:
             ctrl_c.check()
             if not s["quiet"]:  # a press here said "interrupted before the run started; nothing was written"
                 print(_summary(result, runtime, s["output"], s["figure"], already))
+            _FINISHED["run"] = True
     except KeyboardInterrupt as err:
         sys.stderr.write("\n" + _interrupt_message(err, s, stage["step"]) + "\n")
         return EXIT_INTERRUPTED
@@ -646,6 +652,7 @@ def main(argv=None) -> int:
     from ._open_system import InputError
 
     parser = _build_parser()
+    _FINISHED["run"] = False
     try:
         args = parser.parse_args(argv)
         if args.command == "run":
@@ -655,6 +662,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return EXIT_USAGE
     except KeyboardInterrupt:  # _run reports what was kept; this covers parsing and info
+        if _FINISHED["run"]:
+            return 0
         print("\ninterrupted before the run started; nothing was written.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except UsageError as err:
@@ -705,9 +714,12 @@ def entry_point() -> None:
         with remember_ctrl_c():
             pin_blas_threads()
             code = main()
-    except KeyboardInterrupt:  # before main could catch it
-        print("\ninterrupted before the run started; nothing was written.", file=sys.stderr)
-        code = EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # before main could catch it, or after it returned
+        if _FINISHED["run"]:
+            code = 0
+        else:
+            print("\ninterrupted before the run started; nothing was written.", file=sys.stderr)
+            code = EXIT_INTERRUPTED
     # The work is done (or reported): a Ctrl-C during the interpreter's teardown killed the
     # process with SIGINT (exit -2) or printed an 'Exception ignored' traceback after a finished run.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -19,6 +19,7 @@ exclusive lock on ``<output>.lock`` throughout, so a second run on the same outp
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 from typing import Callable
 
@@ -175,6 +177,7 @@ class PartStore:
         self.report = report
         self.entries: dict[str, dict] = {}
         self.stale = False  # the directory holds another run's parts, to delete before the first save
+        self.output_locked = False  # this process holds the output's lock (see remove_trash)
 
     @property
     def manifest_path(self) -> str:
@@ -292,11 +295,36 @@ class PartStore:
             os.replace(self.directory, trash)
         except FileNotFoundError:
             return
+        except OSError:
+            # No trash name (a basename near NAME_MAX: ENAMETOOLONG): delete in place, the manifest
+            # last, so that a kill midway leaves a manifest the next run recognises.
+            self._remove_in_place()
+            return
         _fsync_dir(os.path.dirname(os.path.abspath(self.directory)))
         shutil.rmtree(trash, ignore_errors=True)
 
+    def _remove_in_place(self) -> None:
+        try:
+            names = sorted(os.listdir(self.directory), key=lambda name: name == "manifest.json")
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(self.directory, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(self.directory)
+
     def remove_trash(self) -> None:
-        """Delete what interrupted :meth:`remove` calls left, except a live other process's."""
+        """Delete what interrupted :meth:`remove` calls left, except a live other process's.
+
+        While this process holds the output's lock (``output_locked``) no other run of this output
+        exists, so every trash is stale, whatever its pid (pid 1, a reused pid, another host's).
+        """
+        output_locked = self.output_locked
         parent = os.path.dirname(os.path.abspath(self.directory))
         pattern = re.compile(re.escape(os.path.basename(self.directory)) + r"\.trash-(\d+)-[0-9a-f]{8}")
         try:
@@ -305,10 +333,17 @@ class PartStore:
             return
         for name in names:
             match = pattern.fullmatch(name)
-            if not match or (int(match.group(1)) != os.getpid() and _process_alive(int(match.group(1)))):
+            if not match or (int(match.group(1)) != os.getpid() and not output_locked
+                             and _process_alive(int(match.group(1)))):
                 continue
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-            if int(match.group(1)) != os.getpid():  # this process's: finishing its own clean-up
+            path = os.path.join(parent, name)
+            shutil.rmtree(path, ignore_errors=True)
+            if int(match.group(1)) == os.getpid():  # this process's: finishing its own clean-up
+                continue
+            if os.path.lexists(path):
+                self.report(f"note: could not remove {name}, left by an interrupted clean-up of "
+                            f"{os.path.basename(self.directory)}; delete it by hand.")
+            else:
                 self.report(f"removed {name}, left by an interrupted clean-up of {os.path.basename(self.directory)}.")
 
     def holds_nothing_to_resume(self) -> bool:
@@ -515,11 +550,33 @@ class OutputLock:
     def acquire(self) -> None:
         if fcntl is None:
             return
+        nofollow = getattr(os, "O_NOFOLLOW", 0)  # a symlink at the path: its target was truncated
         while True:
+            created = False
             try:
-                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError:
-                return  # a read-only directory: a finished output can still be read, nothing written
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | nofollow, 0o666)
+                created = True
+            except FileExistsError:
+                try:
+                    self.fd = os.open(self.path, os.O_RDWR | nofollow)
+                except FileNotFoundError:
+                    continue  # removed by the run that held it
+                except PermissionError:
+                    # Another user's lock file: flock works on a read-only descriptor too (the
+                    # failed open used to skip locking silently, and both runs went ahead).
+                    try:
+                        self.fd = os.open(self.path, os.O_RDONLY | nofollow)
+                    except OSError as err:
+                        return self._unlocked(err)
+                except OSError as err:  # a symlink (ELOOP) or a directory at the path
+                    return self._unlocked(err)
+            except OSError as err:
+                if err.errno in (errno.EACCES, errno.EROFS):
+                    return  # a read-only directory: a finished output can still be read, nothing written
+                return self._unlocked(err)
+            if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+                self.release()
+                return self._unlocked(OSError(errno.EINVAL, "not a regular file"))
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -529,20 +586,30 @@ class OutputLock:
                     f"{self.output} is being written by another qep-jax run ({holder}, holding {self.path}); "
                     f"wait for it to finish, or choose another --output."
                 ) from None
-            except OSError as err:
+            except OSError as err:  # a file system without flock: do not leave our file behind
+                if created:
+                    self._unlink_if_ours()
                 self.release()
-                self.report(f"note: cannot lock {self.path} ({err.strerror}); another run writing "
-                            f"{self.output} at the same time would not be detected.")
-                return
+                return self._unlocked(err)
             self.locked = True
             st = os.fstat(self.fd)
             if _file_identity(self.path) == (st.st_dev, st.st_ino):
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # read-only descriptor: no pid to show
                     os.ftruncate(self.fd, 0)
                     os.write(self.fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
                 return
             self.locked = False  # removed by the run that held it: lock the file now at the path
             self.release()
+
+    def _unlocked(self, err: OSError) -> None:
+        self.report(f"note: cannot lock {self.path} ({err.strerror or err}); another run writing "
+                    f"{self.output} at the same time would not be detected.")
+
+    def _unlink_if_ours(self) -> None:
+        st = os.fstat(self.fd)
+        if _file_identity(self.path) == (st.st_dev, st.st_ino):
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
     def _holder(self) -> str:
         try:
@@ -623,6 +690,7 @@ def run_to_file(
     try:
         if writer:
             lock.acquire()
+            store.output_locked = lock.locked
         return _run_to_file(model, times, n_realizations, output, store, overwrite, writer, state,
                             seed=seed, quantities=quantities, keep_realizations=keep_realizations, **runner_kwargs)
     except KeyboardInterrupt as err:

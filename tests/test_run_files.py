@@ -80,8 +80,14 @@ def test_a_parts_directory_without_manifest_next_to_the_finished_output_is_remov
     assert (tmp_path / "qep_run.h5.parts" / "notes.txt").exists()
 
 
-def test_trash_of_a_live_process_is_left_alone(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("locked", [True, False])
+def test_trash_of_a_live_process_is_left_alone_unless_the_output_is_locked(locked, tmp_path, monkeypatch, capsys):
+    """Without the output's lock another live process may still be deleting its trash; with it
+    (every run of this output holds it while it deletes) every trash is stale: one whose pid is
+    alive (pid 1, a reused pid) stayed forever."""
     monkeypatch.chdir(tmp_path)
+    if not locked:
+        monkeypatch.setattr(_io, "fcntl", None)
     assert _main([*ARGS, "--quiet"], capsys)[0] == 0
     mine = f"qep_run.h5.parts.trash-{os.getpid()}-0123abcd"  # this process: an earlier clean-up
     live = f"qep_run.h5.parts.trash-{os.getppid()}-0123abcd"  # another live process
@@ -92,7 +98,8 @@ def test_trash_of_a_live_process_is_left_alone(tmp_path, monkeypatch, capsys):
     os.makedirs(os.path.join(dead, "x"))
     code, _, err = _main(ARGS, capsys)
     assert code == 0 and f"removed {dead}, left by an interrupted clean-up" in err and mine not in err
-    assert sorted(os.listdir(tmp_path)) == sorted([live, other_output, "qep_run.h5"])
+    kept = [other_output, "qep_run.h5"] + ([] if locked else [live])
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
 
 
 @pytest.mark.parametrize("after_rename", [False, True])
@@ -445,3 +452,75 @@ def test_ctrl_c_next_to_a_finished_output_keeps_parts_of_other_settings(tmp_path
     assert sorted(os.listdir(tmp_path)) == ["qep_run.h5", "qep_run.h5.parts"]
     code, out, err = _main(other, capsys)
     assert code == 0 and "resuming: 2 of 5" in err and load_run("qep_run.h5").parameters["seed"] == 8
+
+
+def test_another_users_lock_file_still_locks(tmp_path, monkeypatch):
+    """A lock file this user may not open for writing (another user's, mode 0644) made the run skip
+    locking silently, and two runs wrote one output. flock works on a read-only descriptor."""
+    path = str(tmp_path / "out.h5")
+    first = _io.OutputLock(path)
+    first.acquire()
+    assert first.locked
+    real_open = os.open
+
+    def no_write_access(p, flags, *args):
+        if p == path + ".lock" and flags & (os.O_RDWR | os.O_WRONLY) and not flags & os.O_EXCL:
+            raise PermissionError(13, "Permission denied", p)
+        return real_open(p, flags, *args)
+
+    monkeypatch.setattr(_io.os, "open", no_write_access)
+    with pytest.raises(_io.OutputError, match="being written by another qep-jax run"):
+        _io.OutputLock(path).acquire()
+    first.release()
+
+
+def test_lock_path_symlink_is_not_followed(tmp_path):
+    """A symlink at <output>.lock had its target truncated and overwritten with the pid."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    os.symlink(victim, tmp_path / "out.h5.lock")
+    notes = []
+    lock = _io.OutputLock(str(tmp_path / "out.h5"), notes.append)
+    lock.acquire()
+    lock.release()
+    assert victim.read_text() == "keep me" and notes and "cannot lock" in notes[0]
+
+
+def test_file_system_without_flock_leaves_no_lock_file(tmp_path, monkeypatch):
+    import errno
+
+    def refuse(fd, op):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(_io.fcntl, "flock", refuse)
+    notes = []
+    lock = _io.OutputLock(str(tmp_path / "out.h5"), notes.append)
+    lock.acquire()
+    lock.release()
+    assert notes and "cannot lock" in notes[0] and os.listdir(tmp_path) == []
+
+
+def test_long_output_name_is_cleaned_up(tmp_path, monkeypatch, capsys):
+    """<output>.parts.trash-<pid>-<tag> exceeded NAME_MAX for basenames near 230 characters: the
+    written run then failed with 'File name too long' at every rerun and kept its parts."""
+    monkeypatch.chdir(tmp_path)
+    name = "r" * 227 + ".h5"
+    args = [*ARGS, "--output", name, "--quiet"]
+    assert _main(args, capsys)[0] == 0
+    assert os.listdir(tmp_path) == [name]
+    assert _main(args, capsys)[0] == 0 and os.listdir(tmp_path) == [name]
+
+
+def test_ctrl_c_after_the_summary_is_not_an_interruption(tmp_path, monkeypatch, capsys):
+    """A press after the run printed its summary (before the process ignores SIGINT) said
+    'interrupted before the run started; nothing was written.' and exited 130."""
+    monkeypatch.chdir(tmp_path)
+    real_run = _cli._run
+
+    def run_then_press(args):
+        code = real_run(args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cli, "_run", run_then_press)
+    code, out, err = _main(ARGS, capsys)
+    assert code == 0 and "interrupted" not in err and "entropy_production" in out
