@@ -41,7 +41,7 @@ from jax.custom_derivatives import SymbolicZero
 from . import _linalg
 
 from ._entropy import von_neumann_entropy
-from ._evolve import _equilibrium, warn_if_float32
+from ._evolve import _equilibrium, _static_rank, warn_if_float32, with_value
 from ._open_system import (InputError, OpenSystem, _as_matrix_tuple, _is_concrete, _kron_all, check_count, check_flag,
                            check_finite, check_matrix, check_real_scalar, is_int, numeric)
 from ._propagator_rules import _zero_if_symbolic, apply_on_factor, system_factor
@@ -327,8 +327,7 @@ def _thermodynamics(system, times, controls, series: _Series, work_integral):
     rho_s, reservoir_energy, energy = series.system_state, series.reservoir_energy, series.energy
     # times[0] = 0: there rho_s is rho_s(0) itself (with the series' derivative), as in evolve; the
     # propagated one had rounding-level eigenvalues, which gave D_iS(0) = -5.8e-15, not 0.
-    exact = jax.lax.stop_gradient(system.rho_system.astype(rho_s.dtype) - rho_s[0]) + rho_s[0]
-    rho_s = rho_s.at[0].set(exact)
+    rho_s = rho_s.at[0].set(with_value(rho_s[0], system.rho_system))
     beta = system.betas[0]
     system_entropy = von_neumann_entropy(rho_s)
     entropy0 = von_neumann_entropy(system.rho_system)
@@ -490,17 +489,6 @@ def _check_smooth_protocol(protocol, n_controls: int, real) -> None:
                              f"return one amplitude per control, shape (n_controls,).")
 
 
-def _batch_rank(rho_system, d_s: int) -> int:
-    # Drops only rounding-level weights, as evolve's _static_rank (a 1e-12 cut dropped q = 9e-13
-    # and with it q beta <H_r> from D_iS).
-    if not _is_concrete(rho_system):
-        return d_s
-    lam = np.linalg.eigvalsh(np.asarray(rho_system).reshape(-1, d_s, d_s))
-    tol = 10 * d_s * np.finfo(np.float64).eps
-    counts = np.sum(lam > tol * np.maximum(1.0, lam[:, -1:]), axis=-1)
-    return max(1, int(np.max(counts)))
-
-
 def drive(
     open_system: OpenSystem,
     protocol,
@@ -617,7 +605,7 @@ def drive(
     n_batch = int(open_system.h_system.shape[0]) if batched else 1
     return _drive_jit(
         open_system, drives, protocol, static_protocol=static_protocol, n_steps=n_steps,
-        rank=_batch_rank(open_system.rho_system, d_s),
+        rank=_static_rank(open_system.rho_system),
         checkpoint=checkpoint, batched=batched, batch_size=min(batch_size or n_batch, n_batch),
     )
 

@@ -37,18 +37,26 @@ def _equilibrium(system: OpenSystem, r: int) -> _Equilibrium:
     return _Equilibrium(*thermal_state(system.grand_hamiltonian(r), system.betas[r], system.diagonal_reservoirs))
 
 
+def with_value(x: Array, value: Array) -> Array:
+    """``value`` (cast to ``x``'s dtype) carrying ``x``'s derivative."""
+    return jax.lax.stop_gradient(value.astype(x.dtype) - x) + x
+
+
 def _static_rank(rho_system) -> int:
-    """Eigenvalues of ``rho_s(0)`` the initial factor keeps: all but those at rounding level.
+    """Eigenvalues of ``rho_s(0)`` ``(..., d_s, d_s)`` the initial factor keeps: all but those at
+    rounding level (the largest count over a batch).
 
     A dropped weight ``q`` misses ``q beta |<H_r>|`` in ``D_iS``; the earlier cut at ``1e-12``
     dropped ``q = 9e-13`` and put 4.5e-8 into ``D_iS`` at ``beta = 1e5``. ``10 d_s eps`` sits above
     the ~eps eigenvalues ``eigvalsh`` returns for an exactly pure state given in another basis.
     """
+    d_s = int(rho_system.shape[-1])
     if not _is_concrete(rho_system):
-        return int(rho_system.shape[-1])
-    lam = np.linalg.eigvalsh(np.asarray(rho_system))
-    tol = 10 * lam.shape[-1] * np.finfo(np.float64).eps
-    return max(1, int(np.sum(lam > tol * max(1.0, float(lam[-1])))))
+        return d_s
+    lam = np.linalg.eigvalsh(np.asarray(rho_system).reshape(-1, d_s, d_s))
+    tol = 10 * d_s * np.finfo(np.float64).eps
+    counts = np.sum(lam > tol * np.maximum(1.0, lam[:, -1:]), axis=-1)
+    return max(1, int(np.max(counts)))
 
 
 def _static_rebuilt_entry(rho_system) -> int | None:
@@ -105,8 +113,7 @@ def _kernel_body(system: OpenSystem, times: Array, *, reservoir_entropies: bool,
     # At t = 0 take the value of rho_s(0) itself, keeping the series' derivative (d/dt included).
     # The series gives it to rounding only: a pure rho_s(0) came back with an eigenvalue ~eps, whose
     # entropy weight -(ln eps + 1) ~ 35 (zero for the exact input) put ~34 into d D_iS(0) / d rho_s(0).
-    exact = jax.lax.stop_gradient(system.rho_system.astype(rho_s.dtype) - rho_s) + rho_s
-    rho_s = jnp.where((times == 0)[:, None, None], exact, rho_s)
+    rho_s = jnp.where((times == 0)[:, None, None], with_value(rho_s, system.rho_system), rho_s)
     obs = jnp.real(values[:, n_pairs:])
     reservoir_energy = obs[:, :n_res]
     particle_number = obs[:, n_res:] if has_numbers else None

@@ -673,9 +673,9 @@ def run_to_file(
     One run at a time writes an output: while one holds ``<output>.lock`` (:class:`OutputLock`),
     another run on the same output, with any settings, raises :class:`OutputError`.
     """
-    from ._ensemble import DEFAULT_QUANTITIES, check_quantities
+    from ._ensemble import check_quantities
 
-    quantities = check_quantities(DEFAULT_QUANTITIES if quantities is None else quantities)
+    quantities = check_quantities(quantities)  # None: the default set
     check_output_path(output)
     times = np.asarray(check_times(times), dtype=model.dtype)  # a scalar time becomes (1,), as in run_ensemble
     params = run_parameters(model, times, n_realizations, seed, quantities, keep_realizations)
