@@ -384,6 +384,12 @@ def _chunk_function(mesh: Mesh, n_levels: int, quantities: tuple, entropies: boo
     return jax.jit(sharded)
 
 
+def _vectorizes(device) -> bool:
+    """Whether ``device`` evaluates a chunk's realizations together (``vmap``): accelerators do;
+    the CPU loops over them (see :func:`_chunk_function`)."""
+    return device.platform != "cpu"
+
+
 def default_chunk_size(n_realizations: int, n_devices: int, per_device_cap: int, granule: int) -> int:
     """Realizations per chunk when the user gives none.
 
@@ -535,7 +541,7 @@ def run_ensemble(
     if not devices:
         raise InputError("devices is empty; pass None for all of JAX's devices, or a list such as jax.devices()[:1].")
     n_dev = len(devices)
-    vectorize = devices[0].platform != "cpu"
+    vectorize = _vectorizes(devices[0])
     plan = check_memory(model, times.shape[0], n_realizations, quantities, keep_realizations, chunk_size,
                         memory_budget, n_dev, vectorized=vectorize)
     cpu_batch = plan.live_batch or 1

@@ -61,6 +61,17 @@ def test_statistics_match_simulate_and_numpy(model, reference):
     assert res.mean["heat"].shape == (len(TIMES), 1)
 
 
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_accelerator_route_vmaps_the_same_numbers(model, reference, monkeypatch, chunk_size):
+    """The accelerator route (realizations of a chunk vmapped, memory planned for it) checked on
+    the CPU: same series as the reference, default chunks included."""
+    monkeypatch.setattr(qep_jax._ensemble, "_vectorizes", lambda device: True)
+    res = _run(model, keep_realizations=True, chunk_size=chunk_size)
+    assert res.info["chunk_size"] == (chunk_size or 1)  # default granule 1 when vmapped: R / 10 -> 1
+    for q, x in reference.items():
+        np.testing.assert_allclose(res.series[q], x, rtol=0, atol=TOL)
+
+
 def test_chunk_size_invariance(model):
     a = _run(model, chunk_size=2)
     b = _run(model, chunk_size=3)
