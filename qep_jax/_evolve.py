@@ -135,25 +135,34 @@ def _kernel_body(system: OpenSystem, times: Array, *, reservoir_entropies: bool,
     # ln rho_r^eq = -beta_r G_r - ln Z_r, is exactly Delta S_s + sum_r beta_r (<G_r>_t - <G_r>_0):
     # evaluated so, not as S_s - S_tot + beta <G_r>_t + ln Z, whose terms of size beta |<G_r>|
     # cancel (D_iS(0) = -4.5e-8 at beta = 1e8). The same expression is the balance form, eq. 7.
-    balance = (system_entropy - entropy0) - entropy_flow
+    d_system = system_entropy - entropy0
+    balance = d_system - entropy_flow
     entropy_production = balance
     if n_res == 1:
         energy0 = jnp.real(jnp.trace(system.h_system @ system.rho_system))
-        open_form = (system_entropy - entropy0) - betas[0] * (system_energy - energy0)
+        open_form = d_system - betas[0] * (system_energy - energy0)
     else:
         open_form = None
 
     expensive = {}
     if reservoir_entropies:
-        s_r = series.reservoir_entropy
-        s_joint = series.joint_reservoir_entropy if n_res > 1 else s_r[:, 0]
+        s_eq = jnp.stack([e.entropy for e in eqs])
+        # At t = 0 the reservoirs are in equilibrium exactly, and uncorrelated: pinned like rho_s,
+        # so that every correlation below is exactly 0 there (rounding made I(0) ~ -1e-16 < 0).
+        at_zero = (times == 0)[:, None]
+        s_r = jnp.where(at_zero, with_value(series.reservoir_entropy, s_eq), series.reservoir_entropy)
+        s_joint = (jnp.where(at_zero[:, 0], with_value(series.joint_reservoir_entropy, jnp.sum(s_eq)),
+                             series.joint_reservoir_entropy) if n_res > 1 else s_r[:, 0])
+        # As changes since t = 0, with S(rho(t)) = S(rho(0)): I = dS_s + dS_R, eq. 18's terms likewise.
+        d_s_r = s_r - s_eq
+        d_joint = s_joint - jnp.sum(s_eq) if n_res > 1 else d_s_r[:, 0]
         expensive = dict(
             reservoir_entropy=s_r,
-            mutual_information=system_entropy + s_joint - total_entropy,
-            correlation_entropy=total_entropy - system_entropy - jnp.sum(s_r, axis=-1),
+            mutual_information=d_system + d_joint,
+            correlation_entropy=-(d_system + jnp.sum(d_s_r, axis=-1)),
             # beta <G_r>_t + ln Z_r - S_r(t) with beta <G_r>_0 + ln Z_r = S_r^eq, as for D_iS.
-            reservoir_relative_entropy=(jnp.stack([e.entropy for e in eqs]) - s_r) - heat * betas,
-            inter_reservoir_correlation=(jnp.sum(s_r, axis=-1) - s_joint) if n_res > 1 else None,
+            reservoir_relative_entropy=-d_s_r - heat * betas,
+            inter_reservoir_correlation=(jnp.sum(d_s_r, axis=-1) - d_joint) if n_res > 1 else None,
         )
     return Trajectory(
         times=times,

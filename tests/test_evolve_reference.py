@@ -132,6 +132,19 @@ def test_identities(computed):
     np.testing.assert_allclose(ref["total_entropy_t"], float(traj.total_entropy), atol=1e-10)
 
 
+def test_correlations_are_exactly_zero_at_t0(computed):
+    """rho(0) is a product with equilibrium reservoirs: every correlation and displacement is 0 at
+    t = 0, exactly (from the reservoir-entropy eigenvalues they were ~1e-16, some negative), and the
+    reservoir entropies are the equilibrium ones."""
+    case, traj, ref = computed
+    for name in ("entropy_production", "entropy_production_balance", "mutual_information", "correlation_entropy",
+                 "reservoir_relative_entropy", "inter_reservoir_correlation"):
+        value = getattr(traj, name)
+        if value is not None:
+            assert np.all(np.asarray(value[0]) == 0.0), (name, value[0])
+    np.testing.assert_allclose(np.asarray(traj.reservoir_entropy[0]), ref["reservoir_entropy"][0], atol=1e-13)
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if c.diagonal_reservoirs], ids=lambda c: c.name)
 def test_diagonal_reservoir_path_equals_general_path(case):
     h_s, h_rs, betas, coupling, rho_s0, mus, number_ops = build(case, seed=7)
