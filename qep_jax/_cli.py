@@ -480,13 +480,13 @@ def _check_memory(model, s: dict) -> None:
     """The runner's memory checks before anything is read or written, in terms of the flags."""
     import jax
 
-    from ._ensemble import DEFAULT_QUANTITIES, check_memory
+    from ._ensemble import DEFAULT_QUANTITIES, _vectorizes, check_memory
     from ._open_system import InputError
 
     try:
         check_memory(model, len(s["times"]), s["realizations"], s["quantities"] or DEFAULT_QUANTITIES,
                      s["keep_realizations"], s["chunk_size"], s["memory_budget"], jax.device_count(),
-                     names=_memory_names(s["names"]), vectorized=jax.devices()[0].platform != "cpu")
+                     names=_memory_names(s["names"]), vectorized=_vectorizes(jax.devices()[0]))
     except InputError as err:
         raise UsageError(str(err)) from None
 
@@ -669,7 +669,7 @@ def main(argv=None) -> int:
     except UsageError as err:
         print(f"qep-jax: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except InputError as err:
+    except (InputError, FloatingPointError) as err:
         print(f"qep-jax: error: {err}", file=sys.stderr)
         return 1
     except BrokenPipeError:

@@ -518,6 +518,10 @@ def run_ensemble(
     Returns:
         :class:`EnsembleResult`; ``(T,)`` or ``(T, 1)`` arrays per quantity.
 
+    Raises:
+        InputError: an argument is invalid, or the run does not fit ``memory_budget``.
+        FloatingPointError: a realization gave a NaN or inf (the chunks finished before it are kept).
+
     Example:
         >>> import jax, qep_jax
         >>> jax.config.update("jax_enable_x64", True)
@@ -584,6 +588,7 @@ def run_ensemble(
                 indices = jax.make_array_from_callback(idx.shape, sharding, lambda s, idx=idx: idx[s])
                 out = fn(model, key, times_dev, indices)
                 values = {q: _gather(out[q])[: stop - start].astype(np.float64) for q in quantities}
+                _check_finite(values, start, times)
                 chunk = ChunkResult(
                     start, stop, {q: Moments.from_samples(v) for q, v in values.items()},
                     values if keep_realizations else None,
@@ -616,6 +621,22 @@ def run_ensemble(
         series=series,
         info=info,
     )
+
+
+def _check_finite(values: dict, start: int, times: np.ndarray) -> None:
+    """Refuse a chunk with a NaN or inf: one would make the whole time point's statistics NaN (or
+    inf or NaN depending on the chunking) without a word. Raised before the chunk is kept."""
+    for q, v in values.items():
+        bad = ~np.isfinite(v)
+        if bad.any():
+            rows, cols = np.nonzero(bad.reshape(bad.shape[0], bad.shape[1], -1).any(axis=-1))
+            realizations = sorted({int(start + r) for r in rows})
+            raise FloatingPointError(
+                f"{q} is not finite for realization(s) {realizations[:10]}{' ...' if len(realizations) > 10 else ''} "
+                f"(first at t = {float(times[cols[0]]):g}); finished chunks are kept. With float32 the "
+                f"parameters may overflow it: run in float64 (jax_enable_x64); otherwise please report it "
+                f"with the run's parameters."
+            )
 
 
 def check_run_arguments(model, n_realizations, seed, quantities, keep_realizations) -> tuple:
