@@ -1,7 +1,9 @@
 """Large-reservoir limit with ensemble averages: exact vs Redfield vs shell (Esposito-Gaspard) prediction.
 
 Mean and standard error over many GOE realizations for several N, of <sigma_z>_t, D_iS (eq. 10) and
-D_iS' (eq. 25). Run: python experiments/large_reservoir_limit.py
+D_iS' (eq. 25). Also compares with Redfield at half the spectral prefactor (1/16 instead of 1/8) and,
+with fewer realizations, follows the late <sigma_z> to larger N (``--extra-n-levels``) and at weaker
+coupling (``--weak-coupling`` at ``--weak-n-levels``). Run: python experiments/large_reservoir_limit.py
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ def main():
                     help="absolute <sigma_z> allowance added to 3 SE when timing agreement (O(lambda^2) offsets)")
     ap.add_argument("--t-slip", type=float, default=10.0,
                     help="ignore the non-Markovian initial slip t < t_slip when timing agreement")
+    ap.add_argument("--extra-n-levels", type=int, nargs="*", default=[200, 400])
+    ap.add_argument("--extra-realizations", type=int, nargs="*", default=[150, 50])
+    ap.add_argument("--weak-coupling", type=float, default=0.1, help="0: skip the weak-coupling run")
+    ap.add_argument("--weak-n-levels", type=int, nargs="*", default=[400])
+    ap.add_argument("--weak-realizations", type=int, nargs="*", default=[50])
+    ap.add_argument("--weak-t-max", type=float, default=600.0,
+                    help="the weak-coupling run relaxes 4x slower: it runs this long (301 times)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args()
@@ -87,6 +96,57 @@ def main():
                      f"eq10_se_N{n}": se_10, f"eq25_mean_N{n}": m_25, f"eq25_se_N{n}": se_25,
                      f"shell_sigma_z_N{n}": shell.sigma_z, f"shell_eq10_N{n}": shell.entropy_production,
                      f"shell_eq25_N{n}": shell.entropy_production_open})
+    # Extra runs: fewer realizations, sigma_z and eq. 25 only (same key scheme fold_in(key, N); the weak
+    # coupling run uses fold_in(key, 100000 + N)).
+    extra = [(n, r, args.coupling, n, times) for n, r in zip(args.extra_n_levels, args.extra_realizations)]
+    if args.weak_coupling:
+        weak_times = jnp.linspace(0.0, args.weak_t_max, 301)
+        extra += [(n, r, args.weak_coupling, 100_000 + n, weak_times)
+                  for n, r in zip(args.weak_n_levels, args.weak_realizations)]
+    summary["extra_runs"] = {}
+    t_main = t
+    for n, n_real, lam, fold, times in extra:
+        t = np.asarray(times)
+        late = t >= 0.75 * t[-1]
+        model = qep_jax.SpinGORM(n_levels=n, delta=args.delta, coupling_strength=lam, beta=args.beta)
+        start = time.perf_counter()
+        traj = model.simulate(jax.random.fold_in(key, fold), times, n_real, reservoir_entropies=False)
+        sz = np.asarray(traj.system_state[:, :, 1, 1].real - traj.system_state[:, :, 0, 0].real)
+        elapsed = time.perf_counter() - start
+        m_sz, se_sz = _common.mean_and_se(sz)
+        late_each = sz[:, late].mean(axis=1)  # per-realization late average: its SE includes time correlations
+        shell_x = qep_jax.shell_prediction(model, times)
+        red_x = qep_jax.redfield_prediction(model, times)
+        if lam == args.coupling:
+            _common.band(axes[0], t, sz, f"exact N={n} ({n_real} real.)", lw=0.8)
+        summary["extra_runs"][f"lambda={lam},N={n}"] = {
+            "realizations": n_real, "seconds": elapsed, "coupling": lam,
+            "level_width_over_spacing": float(2 * np.pi * lam**2 / 8 * (n - 1)),
+            "heisenberg_time": 2 * np.pi * (n - 1),
+            "late_sigma_z_exact": float(late_each.mean()), "late_sigma_z_se": float(late_each.std(ddof=1) / np.sqrt(n_real)),
+            "late_sigma_z_shell": float(np.asarray(shell_x.sigma_z)[late].mean()),
+            "late_sigma_z_redfield": float(np.asarray(red_x.sigma_z)[late].mean()),
+            "late_exact_minus_shell": float(late_each.mean() - np.asarray(shell_x.sigma_z)[late].mean()),
+            "sigma_z_at_t10": [float(np.interp(10.0, t, m_sz)), float(np.interp(10.0, t, se_sz))],
+            "t_max": float(t[-1]), "late_window": [float(t[late][0]), float(t[-1])],
+            "sigma_z_at_t_max": [float(m_sz[-1]), float(se_sz[-1])],
+            "shell_sigma_z_at_t_max": float(np.asarray(shell_x.sigma_z)[-1]),
+        }
+        data[f"sigma_z_mean_lambda{lam}_N{n}"], data[f"sigma_z_se_lambda{lam}_N{n}"] = m_sz, se_sz
+        data[f"times_lambda{lam}_N{n}"] = t
+    t, times = t_main, jnp.asarray(t_main)
+    # The 1/8 spectral prefactor against 1/16 (half the golden-rule rates), early times.
+    red16 = qep_jax.redfield_prediction(model_ref := qep_jax.SpinGORM(
+        n_levels=args.n_levels[-1], delta=args.delta, coupling_strength=args.coupling, beta=args.beta),
+        times, prefactor=1.0 / 16.0)
+    red8 = qep_jax.redfield_prediction(model_ref, times)
+    summary["prefactor_test"] = {
+        f"t={tt:g}": {"exact_N" + str(args.n_levels[-1]): [float(np.interp(tt, t, data[f"sigma_z_mean_N{args.n_levels[-1]}"])),
+                                                           float(np.interp(tt, t, data[f"sigma_z_se_N{args.n_levels[-1]}"]))],
+                      "redfield_prefactor_1_8": float(np.interp(tt, t, red8.sigma_z)),
+                      "redfield_prefactor_1_16": float(np.interp(tt, t, red16.sigma_z))}
+        for tt in (4.0, 10.0, 20.0)}
+    data["redfield_sigma_z_prefactor_1_16"] = red16.sigma_z
     # Redfield does not depend on N (continuum spectral density); drawn once.
     for ax, field in zip(axes, ("sigma_z", "entropy_production", "entropy_production_open")):
         ax.plot(t, getattr(red, field), "k--", label="Redfield")

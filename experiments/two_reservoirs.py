@@ -10,11 +10,16 @@ Checks recorded in the JSON: ``max_abs_decomposition_error`` (the split above ag
 check only, since qep_jax builds all these fields from the same entropies and energies; the independent
 check is ``max_abs_dense_minus_exact``: the first ``--dense-check`` realizations recomputed from the dense
 state rho(t) (``_common.dense_entropy_split``).
+
+The reservoirs are small (heat capacity of order 1 or less), so the temperatures drift: the script also
+records windowed heat currents and each reservoir's effective inverse temperature beta_eff(t), defined by
+<H_r>_t (ensemble mean) = canonical energy of the same flat band at beta_eff.
 """
 
 from __future__ import annotations
 
 import argparse
+from scipy.optimize import brentq
 import time
 
 import _common
@@ -24,6 +29,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import qep_jax
+
+
+def canonical_energy(energies, beta):
+    p = np.exp(-beta * (energies - (energies.min() if beta >= 0 else energies.max())))
+    return float(np.sum(p * energies) / p.sum())
+
+
+def heat_capacity(energies, beta):
+    p = np.exp(-beta * (energies - energies.min()))
+    p /= p.sum()
+    return float(beta**2 * (np.sum(p * energies**2) - np.sum(p * energies) ** 2))
+
+
+def effective_beta(energies, energy):
+    """beta at which the canonical energy of the band equals ``energy`` (bracketed in [-200, 200])."""
+    return brentq(lambda b: canonical_energy(energies, b) - energy, -200.0, 200.0, xtol=1e-12)
 
 
 def main():
@@ -36,6 +57,8 @@ def main():
     ap.add_argument("--realizations", type=int, default=60)
     ap.add_argument("--t-max", type=float, default=200.0)
     ap.add_argument("--n-times", type=int, default=41)
+    ap.add_argument("--windows", type=float, nargs="+", default=[0, 50, 100, 150, 200],
+                    help="edges of the time windows for the windowed heat currents and D_iS rates")
     ap.add_argument("--dense-check", type=int, default=2,
                     help="realizations recomputed from the dense rho(t) as an independent check")
     ap.add_argument("--seed", type=int, default=0)
@@ -67,7 +90,12 @@ def main():
     print(f"decomposition consistency <= {identity:.1e}; dense rho(t) vs exact (first {args.dense_check} "
           f"realizations): max error {max(dense_error.values()):.1e}", flush=True)
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
+    levels = np.linspace(-0.5, 0.5, args.n_levels)
+    beta_eff = np.zeros((len(t), 2))
+    for r, beta0 in enumerate((args.beta_hot, args.beta_cold)):
+        e0 = canonical_energy(levels, beta0)
+        beta_eff[:, r] = [effective_beta(levels, e0 - q) for q in heat.mean(0)[:, r]]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.4))
     fig.subplots_adjust(wspace=0.4)
     m_q1, se_q1 = _common.band(axes[0], t, heat[..., 0], r"$Q_{hot}$ (into spin)")
     m_q2, se_q2 = _common.band(axes[0], t, heat[..., 1], r"$Q_{cold}$ (into spin)")
@@ -83,12 +111,33 @@ def main():
     m_d2, se_d2 = _common.band(axes[1], t, disp[..., 1], r"$D[\rho_{cold}\|\rho_{cold}^{eq}]$")
     axes[1].set_ylabel("entropy (nats)")
     axes[1].legend(fontsize=8)
+    axes[2].plot(t, beta_eff[:, 0], label=r"hot: $\beta_{eff}$ from $\langle H_{hot}\rangle_t$")
+    axes[2].plot(t, beta_eff[:, 1], label=r"cold: $\beta_{eff}$ from $\langle H_{cold}\rangle_t$")
+    axes[2].set_ylabel(r"effective inverse temperature (1/energy)")
+    axes[2].legend(fontsize=8)
     for ax in axes:
         ax.set_xlabel(r"time $t$ ($\hbar/$energy)")
     fig.suptitle(rf"spin between two GORM reservoirs, N={args.n_levels} each, $\Delta$={args.delta}, "
                  rf"$\lambda$={args.coupling}, $\beta_{{hot}}$={args.beta_hot}, $\beta_{{cold}}$={args.beta_cold}; "
                  rf"mean $\pm$ SE over {args.realizations}")
     mid = int(np.argmin(np.abs(t - t[-1] / 2)))
+    windows = []
+    for lo, hi in zip(args.windows[:-1], args.windows[1:]):
+        a, b = int(np.argmin(np.abs(t - lo))), int(np.argmin(np.abs(t - hi)))
+        dt = t[b] - t[a]
+        j_hot, j_cold = (m_q1[b] - m_q1[a]) / dt, (m_q2[b] - m_q2[a]) / dt
+        windows.append({
+            "t": [float(t[a]), float(t[b])], "heat_current_hot": float(j_hot), "heat_current_cold": float(j_cold),
+            "d_entropy_production_dt": float((m_s[b] - m_s[a]) / dt),
+            "initial_betas_times_current": float((args.beta_cold - args.beta_hot) * j_hot),
+            "effective_betas_times_current": float((beta_eff[(a + b) // 2, 1] - beta_eff[(a + b) // 2, 0]) * j_hot),
+            "beta_eff_mid_window": [float(x) for x in beta_eff[(a + b) // 2]],
+        })
+    a50 = int(np.argmin(np.abs(t - 50.0)))
+    growth = m_s[-1] - m_s[a50]
+    growth_share = {name: float((m[-1] - m[a50]) / growth) for name, m in (
+        ("mutual_information", m_i), ("inter_reservoir_correlation", m_c),
+        ("displacement_hot", m_d1), ("displacement_cold", m_d2))}
     summary = {
         "parameters": vars(args), "seconds": elapsed, "max_abs_decomposition_error": float(identity),
         "max_abs_dense_minus_exact": dense_error,
@@ -103,13 +152,20 @@ def main():
             ("heat_hot", m_q1, se_q1), ("heat_cold", m_q2, se_q2), ("entropy_production", m_s, se_s),
             ("mutual_information", m_i, se_i), ("inter_reservoir_correlation", m_c, se_c),
             ("displacement_hot", m_d1, se_d1), ("displacement_cold", m_d2, se_d2))},
+        "heat_capacity_initial": {"hot": heat_capacity(levels, args.beta_hot),
+                                  "cold": heat_capacity(levels, args.beta_cold)},
+        "beta_eff_final": {"hot": float(beta_eff[-1, 0]), "cold": float(beta_eff[-1, 1])},
+        "windowed": windows,
+        "growth_share_t50_to_end": {"entropy_production_growth": float(growth), **growth_share},
+        "at_t10": {name: float(m[int(np.argmin(np.abs(t - 10.0)))]) for name, m in (
+            ("displacement_hot", m_d1), ("displacement_cold", m_d2), ("inter_reservoir_correlation", m_c))},
         "heat_current_second_half": {
             "hot": float((m_q1[-1] - m_q1[mid]) / (t[-1] - t[mid])),
             "cold": float((m_q2[-1] - m_q2[mid]) / (t[-1] - t[mid]))},
     }
     data = {"times": t, "heat_mean": heat.mean(0), "heat_se": heat.std(0, ddof=1) / np.sqrt(len(heat)),
             "entropy_production_mean": m_s, "mutual_information_mean": m_i,
-            "inter_reservoir_correlation_mean": m_c, "displacement_mean": disp.mean(0)}
+            "inter_reservoir_correlation_mean": m_c, "displacement_mean": disp.mean(0), "beta_eff": beta_eff}
     _common.save("two_reservoirs", fig, data, summary, args.out_dir)
 
 
