@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import weakref
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -61,19 +62,30 @@ class DrivenTrajectory:
     ``T`` recorded times: the ``M + 1`` switching times of a piecewise-constant protocol, or the
     ``n_steps + 1`` grid points of a smooth one. Batched runs prepend a realization axis.
 
+    Not the same quantities as :class:`~qep_jax.Trajectory` (``evolve``) under the same names:
+    here ``system_energy`` is ``U = <H_s(t) + V(t)>_t``, **interaction included** (``Trajectory``'s
+    is ``<H_s>_t``, its ``<V>_t`` being ``interaction_energy``; on one undriven system they differ by
+    ``<V>``), because the first law ``dU = W + Q`` and ``dF = dU - T dS`` (eq. 24) use that ``U``.
+    ``heat`` and ``reservoir_energy`` are ``(T,)`` here (one reservoir), ``(T, K)`` in ``Trajectory``.
+    Undriven, ``drive.system_energy = evolve.system_energy + evolve.interaction_energy`` and
+    ``drive.heat = evolve.heat[:, 0]`` (tested).
+
     Fields:
         times: ``(T,)``.
         controls: ``(T, n_controls)`` ``u(t)`` in force at each recorded time (after the jump).
         system_state: ``(T, d_s, d_s)`` ``rho_s(t)``.
         system_entropy: ``(T,)`` ``S(t) = -Tr rho_s ln rho_s``.
         energy: ``(T,)`` ``<H(t)>_t`` (total).
-        system_energy: ``(T,)`` ``U(t) = <H_s(t) + V(t)>_t`` (includes the interaction).
-        reservoir_energy: ``(T,)`` ``<H_r>_t``.
+        system_energy: ``(T,)`` ``U(t) = <H_s(t) + V(t)>_t`` (includes the interaction; ``evolve``'s
+            ``system_energy`` excludes it).
+        reservoir_energy: ``(T,)`` ``<H_r>_t`` (``(T, K)`` in ``Trajectory``).
         work: ``(T,)`` ``W(t) = <H(t)>_t - <H(0)>_0``.
         work_integral: ``(T,)`` ``int_0^t Tr[(dH_s/ds + dV/ds) rho(s)] ds``: the sum of jumps
             ``Tr[(H_k - H_{k-1}) rho(t_k)]`` (piecewise constant) or a fourth-order quadrature of
             the power on the grid (smooth).
-        heat: ``(T,)`` ``Q(t) = <H_r>_0 - <H_r>_t`` (into the system).
+        heat: ``(T,)`` ``Q(t) = <H_r>_0 - <H_r>_t`` (into the system; ``(T, K)`` in ``Trajectory``).
+            A difference of two expectation values: in float32 its absolute error is about
+            ``eps |<H_r>|``, which ``entropy_production`` multiplies by ``beta`` (docs/driven.md).
         entropy_flow: ``(T,)`` ``beta Q``.
         entropy_production: ``(T,)`` ``D_iS = D[rho(t) || rho_s(t) (x) rho_r^eq]`` (eq. 10, closed form
             of ``ln rho_r^eq``).
@@ -151,8 +163,11 @@ class _Drives(NamedTuple):
 
 
 def _embedded_drives(system: OpenSystem, drives: _Drives) -> Array:
-    """All drive operators on the full space, ``(n_controls, D, D)``."""
+    """All drive operators on the full space, ``(n_controls, D, D)``; ``(0, D, D)`` for an undriven run
+    (``jnp.stack`` of no operators had raised a ValueError inside jit)."""
     mats = [system.embed(a, 0) for a in drives.system] + list(drives.coupling)
+    if not mats:
+        return jnp.zeros((0, system.total_dim, system.total_dim), jnp.result_type(drives.coupling, system.coupling))
     return jnp.stack(mats)
 
 
@@ -285,37 +300,52 @@ def _cumulative_quadrature(power: Array, h: Array) -> Array:
     return jnp.concatenate([jnp.zeros((1,), power.dtype), jnp.cumsum(pieces)])
 
 
-def _smooth_kernel(system, drives, protocol, *, n_steps: int, rank: int, checkpoint: bool, constant_protocol=None):
-    """``protocol`` is a pytree of arrays (differentiable), or ``None`` with ``constant_protocol`` a
-    plain object (static: not an argument of the custom JVP, its parameters are constants)."""
+class _SmoothSamples(NamedTuple):
+    """A smooth protocol as the propagation reads it: controls at the step starts and Gauss nodes."""
+
+    at_start: Array  # (n_steps, n_controls) u(t_n)
+    at_nodes: Array  # (n_steps, 2, n_controls) u(t_n + c_i h)
+    final: Array  # (n_controls,) u(duration)
+    h: Array  # () step
+
+
+def _smooth_kernel(system, drives, protocol, *, n_steps: int, rank: int, checkpoint: bool):
+    """``protocol`` is a pytree of arrays (differentiable) or a plain object (its parameters constants).
+
+    It is sampled here, outside :func:`_linear_series`, which receives only the arrays
+    :class:`_SmoothSamples`: its JVP rule is traced lazily (when a cached jaxpr is differentiated
+    later), and a rule that closed over a plain protocol kept that object alive in JAX's caches.
+    """
     real = jnp.finfo(system.coupling.dtype).dtype
+    duration = jnp.asarray(protocol.duration, real)
+    h = duration / n_steps
+    times = jnp.arange(n_steps + 1, dtype=real) * h
 
-    def grid(protocol):
-        duration = jnp.asarray(protocol.duration, real)
-        h = duration / n_steps
-        return duration, h, jnp.arange(n_steps + 1, dtype=real) * h
+    def values(t):
+        return jnp.asarray(protocol.values(t), real)
 
-    def propagate(system, drives, protocol, factors):
-        protocol = constant_protocol if protocol is None else protocol
+    nodes = times[:-1, None] + jnp.asarray(_GAUSS_NODES, real) * h
+    # u at the exact final time (not n_steps * h, which may round differently).
+    samples = _SmoothSamples(jax.vmap(values)(times[:-1]), jax.vmap(jax.vmap(values))(nodes), values(duration), h)
+
+    def propagate(system, drives, samples, factors):
         generators = _embedded_drives(system, drives)
         h_base = system.hamiltonian()
-        duration, h, times = grid(protocol)
 
-        def hamiltonian(t):
-            return h_base + jnp.tensordot(jnp.asarray(protocol.values(t), real), generators, axes=1)
+        def hamiltonian(u):
+            return h_base + jnp.tensordot(u, generators, axes=1)
 
-        def step_hamiltonians(t):
-            h1, h2 = hamiltonian(t + _GAUSS_NODES[0] * h), hamiltonian(t + _GAUSS_NODES[1] * h)
-            return hamiltonian(t), [(_CF4_A2 * h1 + _CF4_A1 * h2, h), (_CF4_A1 * h1 + _CF4_A2 * h2, h)]
+        def step_hamiltonians(inputs):
+            u_start, u_nodes = inputs
+            h1, h2 = hamiltonian(u_nodes[0]), hamiltonian(u_nodes[1])
+            return hamiltonian(u_start), [(_CF4_A2 * h1 + _CF4_A1 * h2, samples.h),
+                                          (_CF4_A1 * h1 + _CF4_A2 * h2, samples.h)]
 
-        # H at the exact final time (not n_steps * h, which may round differently).
-        return _propagate_factors(step_hamiltonians, system, drives, factors, times[:-1], hamiltonian(duration),
-                                  checkpoint=checkpoint)
+        return _propagate_factors(step_hamiltonians, system, drives, factors, (samples.at_start, samples.at_nodes),
+                                  hamiltonian(samples.final), checkpoint=checkpoint)
 
-    series = _linear_series(propagate, rank, system.rho_system, system, drives, protocol)
-    protocol = constant_protocol if protocol is None else protocol
-    _, h, times = grid(protocol)
-    controls = jax.vmap(lambda t: jnp.asarray(protocol.values(t), real))(times)
+    series = _linear_series(propagate, rank, system.rho_system, system, drives, samples)
+    controls = jax.vmap(values)(times)
     rates = jax.vmap(lambda t: jnp.asarray(protocol.rates(t), real))(times)
     power = jnp.sum(rates * series.drive_expectations, axis=-1)
     work_integral = _cumulative_quadrature(power, h)
@@ -361,46 +391,107 @@ def _thermodynamics(system, times, controls, series: _Series, work_integral):
     )
 
 
-def _state_fingerprint(obj) -> tuple:
-    """The values an object holds (instance attributes, ``duration``, ``n_controls``) as hashable data.
+class _NotAValue(Exception):
+    """Raised by :func:`_value_key` for an object whose value it cannot read (a function, a plain object)."""
 
-    Arrays enter by dtype, shape and bytes, anything else by ``repr``.
-    """
-    state = dict(getattr(obj, "__dict__", {}))
+
+_SCALAR_TYPES = (bool, int, float, complex, str, bytes, type(None))
+_VALUE_TYPES = _SCALAR_TYPES + (jax.Array, np.ndarray, np.generic, tuple, list, dict, set, frozenset)
+
+
+def _value_key(x):
+    """``x`` as hashable data that is equal exactly when the values are (conservatively): numbers and
+    strings by type and ``repr`` (``-0.0`` and ``0.0`` differ, ``nan`` equals ``nan``), arrays by kind,
+    dtype, shape, bytes and JAX weak type, and tuples, lists, dicts and sets of them element by element.
+    Anything else raises :class:`_NotAValue`."""
+    if isinstance(x, _SCALAR_TYPES):
+        return type(x), repr(x)
+    if isinstance(x, (jax.Array, np.ndarray, np.generic)):
+        a = np.asarray(x)
+        if a.dtype.hasobject:
+            raise _NotAValue
+        return type(x).__name__, getattr(x, "weak_type", None), a.dtype.str, a.shape, a.tobytes()
+    if isinstance(x, (tuple, list)):
+        return type(x), tuple(_value_key(e) for e in x)
+    if isinstance(x, dict):
+        return type(x), tuple((_value_key(k), _value_key(v)) for k, v in x.items())
+    if isinstance(x, (set, frozenset)):
+        return type(x), frozenset(_value_key(e) for e in x)
+    raise _NotAValue
+
+
+def _state_fingerprint(obj) -> tuple | None:
+    """The data that, with ``type(obj)``, determines a plain protocol's output: its instance attributes
+    (``__dict__`` and slots), the data attributes of its classes, ``duration`` and ``n_controls``, each
+    as :func:`_value_key`. ``None`` when one of them is not a plain value (a function, another object):
+    its behaviour cannot be read from data, so the protocol is then keyed by identity."""
+    state = {}
+    for cls in reversed(type(obj).__mro__[:-1]):  # class data, base first, without object's
+        for name, value in vars(cls).items():
+            if not name.startswith("__") and isinstance(value, _VALUE_TYPES):
+                state["class " + name] = value
+    state.update(getattr(obj, "__dict__", {}))
     for name in [n for cls in type(obj).__mro__ for n in getattr(cls, "__slots__", ())] + ["duration", "n_controls"]:
-        if hasattr(obj, name):
+        if name not in ("__dict__", "__weakref__") and hasattr(obj, name):
             state[name] = getattr(obj, name)
-    out = []
-    for name in sorted(state):
-        leaves, treedef = jax.tree_util.tree_flatten(state[name])
-        values = tuple((a.dtype.str, a.shape, a.tobytes()) if isinstance(a, np.ndarray) else repr(a)
-                       for a in (np.asarray(x) if isinstance(x, (jax.Array, np.ndarray, np.generic)) else x
-                                 for x in leaves))
-        out.append((name, str(treedef), values))
-    return tuple(out)
+    try:
+        return tuple((name, _value_key(state[name])) for name in sorted(state))
+    except (_NotAValue, RecursionError):  # RecursionError: a container that holds itself
+        return None
+
+
+class _Identity:
+    """Equal only to an :class:`_Identity` of the same live object; holds it by a weak reference."""
+
+    __slots__ = ("ref", "ident")
+
+    def __init__(self, obj):
+        self.ref, self.ident = weakref.ref(obj), id(obj)
+
+    def __hash__(self):
+        return self.ident
+
+    def __eq__(self, other):
+        if not isinstance(other, _Identity):
+            return NotImplemented
+        obj = self.ref()
+        return obj is not None and obj is other.ref()
 
 
 class _StaticProtocol:
     """A protocol that is not a pytree of arrays, passed to ``jax.jit`` as a static argument.
 
-    Hashed and compared by identity and by the values it holds when the call is made: the compiled
-    kernel is reused for the same unchanged object, and its parameters are compile-time constants
-    (no gradient flows to them). An object mutated between calls compiles again; identity alone had
-    returned the old parameters' trajectory.
+    Hashed and compared by ``key``: its class and the values it holds when the call is made
+    (:func:`_state_fingerprint`), so equal-valued objects of one class share one executable, and
+    an object mutated between calls compiles again. Its parameters are compile-time constants (no
+    gradient flows to them). A protocol holding something other than plain values (a function,
+    another object) is keyed by identity as well (a weak reference: equal only while it lives).
+
+    ``protocol`` is the object itself, read while ``_drive_jit`` traces; :func:`drive` sets it to
+    ``None`` after the call, so the jit caches, which keep their static arguments, do not keep the
+    user's object alive. Keying by ``id`` had compiled once per new object (40 objects with 2
+    distinct values: 40 compilations, 103 of 113 s) and kept every object alive for the process.
     """
 
-    __slots__ = ("protocol", "state")
+    __slots__ = ("protocol", "key", "_hash")
 
     def __init__(self, protocol):
         self.protocol = protocol
-        self.state = _state_fingerprint(protocol)
+        state = _state_fingerprint(protocol)
+        if state is not None:
+            self.key = (type(protocol), state)
+        else:
+            try:
+                self.key = (type(protocol), _Identity(protocol))
+            except TypeError:  # not weak-referenceable: a fresh key, never equal (compiles every call)
+                self.key = (type(protocol), object())
+        self._hash = hash(self.key)
 
     def __hash__(self):
-        return hash((id(self.protocol), self.state))
+        return self._hash
 
     def __eq__(self, other):
-        return (isinstance(other, _StaticProtocol) and other.protocol is self.protocol
-                and other.state == self.state)
+        return isinstance(other, _StaticProtocol) and other.key == self.key
 
 
 def _is_array_pytree(protocol) -> bool:
@@ -419,10 +510,6 @@ def _drive_jit(system, drives, protocol, *, static_protocol, n_steps, rank, chec
     if isinstance(protocol, PiecewiseConstant):
         def one(s):
             return _piecewise_kernel(s, drives, protocol, rank=rank, checkpoint=checkpoint)
-    elif static_protocol is not None:
-        def one(s):
-            return _smooth_kernel(s, drives, None, n_steps=n_steps, rank=rank, checkpoint=checkpoint,
-                                  constant_protocol=protocol)
     else:
         def one(s):
             return _smooth_kernel(s, drives, protocol, n_steps=n_steps, rank=rank, checkpoint=checkpoint)
@@ -501,8 +588,9 @@ def drive(
 ) -> DrivenTrajectory:
     """Propagate ``open_system`` under ``H(t) = H + sum_j u_j(t) G_j`` and return its energetics.
 
-    ``W(t) = <H(t)>_t - <H(0)>_0``, ``dU = W + Q`` with ``U = <H_s(t) + V(t)>``, and
-    ``T D_iS = W - dF`` with ``dF = dU - T dS`` (eq. 24). One reservoir (``K = 1``), canonical.
+    ``W(t) = <H(t)>_t - <H(0)>_0``, ``dU = W + Q`` with ``U = <H_s(t) + V(t)>`` (the interaction
+    included, unlike ``evolve``'s ``system_energy``), and ``T D_iS = W - dF`` with ``dF = dU - T dS``
+    (eq. 24). One reservoir (``K = 1``), canonical.
 
     Args:
         open_system: :class:`OpenSystem` with ``K = 1`` and ``beta > 0`` giving ``H_s(0)``-part,
@@ -512,7 +600,9 @@ def drive(
             ``values(t)``/``rates(t)``/``duration``/``n_controls`` such as
             :class:`~qep_jax.protocols.FourierRamp`: ``duration`` finite and ``> 0``, ``values(t)``
             and ``rates(t)`` of shape ``(n_controls,)``. A plain object (not a pytree) is a static
-            constant; register it as a pytree to differentiate its parameters (docs/driven.md).
+            constant, compiled once per class and attribute values (each new value compiles again);
+            register it as a pytree to differentiate its parameters or to scan over them without
+            recompiling (docs/driven.md). ``n_controls = 0`` with no drives is an undriven run.
         system_drives: ``n_s`` Hermitian ``(d_s, d_s)`` operators ``A_j``: ``H_s(t) = H_s + sum u_j A_j``
             (a sequence, a 3-D array, or one matrix: a 2-D array or nested lists of numbers).
         coupling_drives: ``n_v`` Hermitian ``(D, D)`` operators ``B_j``: ``V(t) = V + sum u_{n_s+j} B_j``
@@ -603,11 +693,16 @@ def drive(
         batch_size = check_count("batch_size", batch_size)
     warn_if_float32(dtype)
     n_batch = int(open_system.h_system.shape[0]) if batched else 1
-    return _drive_jit(
-        open_system, drives, protocol, static_protocol=static_protocol, n_steps=n_steps,
-        rank=_static_rank(open_system.rho_system),
-        checkpoint=checkpoint, batched=batched, batch_size=min(batch_size or n_batch, n_batch),
-    )
+    try:
+        return _drive_jit(
+            open_system, drives, protocol, static_protocol=static_protocol, n_steps=n_steps,
+            rank=_static_rank(open_system.rho_system),
+            checkpoint=checkpoint, batched=batched, batch_size=min(batch_size or n_batch, n_batch),
+        )
+    finally:
+        if static_protocol is not None:
+            # The jit caches keep their static arguments (this key) for the life of the process.
+            static_protocol.protocol = None
 
 
 # --------------------------------------------------------------------------------------------
