@@ -8,15 +8,19 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .._evolve import _evolve_kernel, check_times, warn_if_float32
+from .._evolve import (_evolve_kernel, auto_time_batch_size, check_times, cpu_realization_batch, format_bytes,
+                       realization_bytes, warn_if_float32)
 from .._linalg import hint_blas_threads
 from .._open_system import (InputError, OpenSystem, check_count, check_flag, check_overflow, check_precision,
                              float_dtype, is_int)
+from .._propagator_rules import n_series_observables
 from .._random import check_key, check_realization_indices, goe
-from ._spin_gorm import check_model_matrix, check_parameters
 from .._trajectory import Trajectory
+from ._spin_gorm import DEFAULT_MEMORY_BUDGET, check_model_matrix, check_parameters
 
 _PARAMS = ("delta", "coupling_strength", "beta_hot", "beta_cold")
+# Series the kernel evaluates: the independent entries of rho_s(t) and <H_hot>, <H_cold>.
+N_SERIES = n_series_observables(2, 2, rebuilt_entry=0)  # the spin starts in |0>: rebuild p_0
 
 
 @jax.tree_util.register_pytree_with_keys_class
@@ -50,14 +54,14 @@ class SpinTwoGORM:
             raise InputError(f"n_levels={n_levels!r} must be an int >= 2 (levels per reservoir).")
         values = dict(zip(_PARAMS, (delta, coupling_strength, beta_hot, beta_cold)))
         check_parameters(values)
-        # Refused as SpinGORM refuses them: float16 parameters were promoted below and the run went on
-        # with their rounded values (D_iS off by 4e-4 at N = 3).
-        check_precision(jnp.result_type(*(jnp.result_type(v, float) for v in values.values())),
-                        "delta, coupling_strength, beta_hot and beta_cold")
-        real = jnp.result_type(float)
         object.__setattr__(self, "n_levels", int(n_levels))
+        # As SpinGORM: Python numbers take JAX's default float; NumPy/JAX float32 scalars keep float32
+        # (promoted to the default float, they made a float32 model compute in float64 with x64 on).
         for name, value in values.items():
-            object.__setattr__(self, name, jnp.asarray(value, dtype=jnp.result_type(value, real)))
+            object.__setattr__(self, name, jnp.asarray(value, dtype=jnp.result_type(value, float)))
+        # float16 is refused, as SpinGORM refuses it (promoted, the run went on with the rounded values:
+        # D_iS off by 4e-4 at N = 3).
+        check_precision(self.dtype, "delta, coupling_strength, beta_hot and beta_cold")
 
     def __setattr__(self, name, value):
         raise AttributeError("SpinTwoGORM is immutable; build a new one.")
@@ -111,44 +115,89 @@ class SpinTwoGORM:
         )
 
     def simulate(self, key: Array, times, n_realizations: int, *, reservoir_entropies: bool = True,
-                 batch_size: int = 1, time_batch_size: int | None = None) -> Trajectory:
+                 batch_size: int | None = None, time_batch_size: int | None = None,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, first_realization: int = 0) -> Trajectory:
         """Evolve ``n_realizations`` realizations; realization ``i`` uses ``self.draw(fold_in(key, i))``.
+
+        As :meth:`SpinGORM.simulate`: realizations are processed ``batch_size`` at a time
+        (``jax.lax.map``), time points ``time_batch_size`` at a time, so memory is bounded by the
+        batches, not by ``n_realizations`` or ``T``; a gradient keeps one realization's
+        intermediates at a time. Results do not depend on either batch size.
 
         Args:
             key: one ``jax.random`` key, e.g. ``jax.random.key(seed)``.
             times: ``(T,)`` time points.
             n_realizations: number of realizations.
             reservoir_entropies: see :func:`qep_jax.evolve`.
-            batch_size: realizations evaluated together (``jax.lax.map``); results do not depend on it.
-                Default 1: on the CPU a loop over realizations is as fast as a batch; raise it on GPUs.
-            time_batch_size: time points evaluated together; default all.
+            batch_size: realizations evaluated together; default from ``memory_budget``, on the
+                CPU also at most what stays in cache.
+            time_batch_size: see :func:`qep_jax.evolve` (default: batches of at most 64 MiB).
+            memory_budget: bytes the batch may use (estimate), a positive int; a run whose single
+                realization does not fit raises :class:`qep_jax.InputError`.
+            first_realization: index of the first realization (for continuing an ensemble);
+                ``first_realization + n_realizations <= 2**32`` (``2**31`` without x64).
 
         Returns:
             :class:`Trajectory` with a leading ``(n_realizations,)`` axis (``K = 2``: hot, cold).
         """
         check_key(key)
         n_realizations = check_count("n_realizations", n_realizations)
-        check_realization_indices(0, n_realizations)
+        first_realization = check_count("first_realization", first_realization, minimum=0)
+        check_realization_indices(first_realization, n_realizations)
         reservoir_entropies = check_flag("reservoir_entropies", reservoir_entropies)
-        batch_size = check_count("batch_size", batch_size)
-        times = check_times(times)
+        memory_budget = check_count("memory_budget", memory_budget)
+        times = check_times(times, self.dtype)
         warn_if_float32(self.dtype)
-        tbs = times.shape[0] if time_batch_size is None else check_count("time_batch_size", time_batch_size)
-        hint_blas_threads(2 * self.n_levels**2, min(batch_size, n_realizations))
+        time_batch_size, batch_size = plan_batches(
+            (2, self.n_levels, self.n_levels), times.shape[0], n_realizations, N_SERIES,
+            jnp.finfo(self.dtype).bits // 8, reservoir_entropies, time_batch_size, batch_size, memory_budget,
+        )
+        hint_blas_threads(2 * self.n_levels**2, batch_size)
         if reservoir_entropies:
-            hint_blas_threads(self.n_levels, tbs)
-        return _simulate_jit(self, key, times, n_realizations=int(n_realizations),
-                             reservoir_entropies=reservoir_entropies,
-                             batch_size=int(min(batch_size, n_realizations)), time_batch_size=tbs)
+            hint_blas_threads(self.n_levels, time_batch_size)
+        return _simulate_jit(self, key, times, jnp.asarray(first_realization), n_realizations=n_realizations,
+                             reservoir_entropies=reservoir_entropies, batch_size=batch_size,
+                             time_batch_size=time_batch_size)
+
+
+def plan_batches(dims, n_times, n_realizations, n_observables, itemsize, reservoir_entropies, time_batch_size,
+                 batch_size, memory_budget) -> tuple[int, int]:
+    """``(time_batch_size, batch_size)`` of a ``lax.map`` over realizations of system ``dims`` (rank-1
+    ``rho_s(0)``), as :meth:`SpinGORM.simulate` chooses them: ``None`` means automatic; a
+    realization that does not fit ``memory_budget`` bytes raises :class:`qep_jax.InputError`."""
+    if time_batch_size is None:
+        time_batch_size = auto_time_batch_size(dims, n_times, 1, n_observables, itemsize, reservoir_entropies)
+    else:
+        time_batch_size = check_count("time_batch_size", time_batch_size)
+    per_realization = realization_bytes(dims, n_times, system_rank=1, n_observables=n_observables,
+                                        itemsize=itemsize, reservoir_entropies=reservoir_entropies,
+                                        time_batch_size=time_batch_size)
+    if per_realization > memory_budget:
+        raise InputError(
+            f"one realization needs about {format_bytes(per_realization, up=True)}, more than "
+            f"memory_budget={memory_budget} bytes ({format_bytes(memory_budget)}); raise memory_budget "
+            f"or lower time_batch_size / n_levels."
+        )
+    if batch_size is None:
+        batch_size = int(max(1, min(n_realizations, memory_budget // per_realization)))
+        if jax.default_backend() == "cpu":
+            batch_size = min(batch_size, cpu_realization_batch(per_realization))
+    else:
+        batch_size = check_count("batch_size", batch_size)
+    return int(min(time_batch_size, n_times)), int(min(batch_size, n_realizations))
 
 
 @functools.partial(
     jax.jit, static_argnames=("n_realizations", "reservoir_entropies", "batch_size", "time_batch_size")
 )
-def _simulate_jit(model, key, times, *, n_realizations, reservoir_entropies, batch_size, time_batch_size):
+def _simulate_jit(model, key, times, first, *, n_realizations, reservoir_entropies, batch_size, time_batch_size):
     def one(i):
         system = model.open_system(*model.draw(jax.random.fold_in(key, i)))
         return _evolve_kernel(system, times, reservoir_entropies=reservoir_entropies,
                               time_batch_size=time_batch_size, system_rank=1, rebuilt_entry=0)
 
-    return jax.lax.map(one, jnp.arange(n_realizations), batch_size=batch_size)
+    # The whole realization (draw included) is checkpointed, so a gradient of an ensemble mean stores
+    # only the index per realization and keeps one realization's intermediates at a time. Checkpointing
+    # the kernel alone (_evolve_kernel's checkpoint=True) stored its input system, two D x D matrices
+    # per realization: grad temp memory 8.4/9.9/15.9 MiB for R = 2/8/32 at D = 128, batch 1; 8.2 flat here.
+    return jax.lax.map(jax.checkpoint(one), first + jnp.arange(n_realizations), batch_size=batch_size)
