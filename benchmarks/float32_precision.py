@@ -6,7 +6,8 @@
 The float64 model is ``SpinGORM(N, 0.1, 0.1, beta)``, the float32 one the same built from float32
 scalars; ``simulate`` draws float64 GOE matrices and rounds them for the float32 run (x64 on), so
 both see the same realizations. Prints the largest absolute error of each entropy over the time
-grid and realizations, and writes ``benchmarks/results/float32_precision.json``.
+grid and realizations, then at late times (1e2 to 1e6, where the phase error eps |E| t grows), and
+writes ``benchmarks/results/float32_precision.json``.
 """
 
 from __future__ import annotations
@@ -67,6 +68,17 @@ def main(argv=None):
     out["t_0.01"] = {"entropy_production": exact[:, 1].tolist(), "error": np.abs(exact - single)[:, 1].tolist()}
     print(f"N = {n}, t = 0.01: D_iS {np.round(exact[:, 1], 9).tolist()}, float32 error "
           f"{np.abs(exact - single)[:, 1].tolist()}")
+    # Late times: the phases exp(-i E t) carry eps32 |E| t, so the error grows with t.
+    late = np.array([1e2, 1e3]) if args.tiny else np.array([1e2, 1e3, 1e4, 1e5, 1e6])
+    n = 8 if args.tiny else 40
+    late_err = {}
+    for t in late:
+        err = errors(n, 10.0, jnp.array([0.0, t]), 0, 1)[0]
+        late_err[f"{t:g}"] = {f: err[f] for f in ("entropy_production", "mutual_information", "system_entropy")}
+    out["late_times"] = {"n_levels": n, "errors": late_err}
+    print(f"N = {n}, beta = 10, key 0, one realization, errors at late t: " + "; ".join(
+        f"t = {t}: D_iS {v['entropy_production']:.2g}, I {v['mutual_information']:.2g}, S {v['system_entropy']:.2g}"
+        for t, v in late_err.items()))
     if not args.tiny:
         path = Path(__file__).parent / "results" / "float32_precision.json"
         path.write_text(json.dumps(out, indent=1))

@@ -79,19 +79,66 @@ def von_neumann_entropy(rho: Array) -> Array:
         >>> float(qep_jax.von_neumann_entropy(jnp.eye(2) / 2))  # ln 2
         0.6931...
     """
-    return _von_neumann_entropy(_square_matrices("rho", rho))
+    return _jit_entropy(_square_matrices("rho", rho))
+
+
+def _qubit_spectrum(rho: Array, eigenvalues: Array) -> Array:
+    """Eigenvalues ``(..., 2)`` ascending of ``2 x 2`` Hermitian ``rho``, the smaller one as
+    ``det / lambda_max`` and the larger as ``trace - lambda_min``.
+
+    The eigensolver's smaller eigenvalue has an absolute error ~eps: for a spin near a pure state
+    (``lambda_min ~ t^2`` after it starts pure) the entropy lost its relative precision, and in
+    float32 came out negative below t ~ 5e-3 (``-(1 + eps) ln(1 + eps)``). The closed form keeps
+    the relative precision of the entries. Where the trace is not positive (not a state) the
+    eigensolver's ``eigenvalues`` are returned.
+    """
+    a, d, c = jnp.real(rho[..., 0, 0]), jnp.real(rho[..., 1, 1]), rho[..., 0, 1]
+    off = jnp.real(c * jnp.conj(c))
+    trace = a + d
+    largest = trace / 2 + jnp.sqrt(((a - d) / 2) ** 2 + off)  # no cancellation for trace >= 0
+    state = largest > 0
+    smallest = (a * d - off) / jnp.where(state, largest, 1.0)
+    closed = jnp.stack([smallest, trace - smallest], axis=-1).astype(eigenvalues.dtype)
+    return jnp.where(state[..., None], closed, eigenvalues)
+
+
+def _spectrum(rho: Array, eigenvalues: Array) -> Array:
+    return _qubit_spectrum(rho, eigenvalues) if rho.shape[-1] == 2 else eigenvalues
+
+
+def _qubit_entropy(rho: Array, spectrum: Array) -> Array:
+    """``S`` of ``2 x 2`` ``rho`` from its :func:`_qubit_spectrum`, with ``lambda_max ln lambda_max``
+    as ``lambda_max log1p((Tr rho - 1) - lambda_min)``: ``ln`` of ``1 - lambda_min`` rounded to 1 is
+    0 and dropped ``~lambda_min`` from ``S ~ lambda_min (1 - ln lambda_min)`` (2.4% at t = 1e-7 for
+    a spin starting pure)."""
+    smallest, largest = spectrum[..., 0], spectrum[..., 1]
+    # The trace as rounded (a + d), not the exact sum of the entries: a unit-trace state whose
+    # larger population 1 - p rounded to 1 has entries summing to 1 + p, and its exact entropy
+    # misses ~p; with the rounded trace 1 it is that of (1 - lambda_min, lambda_min).
+    trace = jnp.real(rho[..., 0, 0]) + jnp.real(rho[..., 1, 1])
+    positive = largest > 0
+    shifted = jnp.where(positive, (trace - 1) - smallest, 0.0)
+    return -_xlogx(smallest) - jnp.where(positive, largest * jnp.log1p(jnp.maximum(shifted, -1.0)), 0.0)
+
+
+def _entropy(rho: Array, eigenvalues: Array) -> Array:
+    """``S`` from the eigensolver's ``eigenvalues`` of ``rho``, to relative precision for a spin."""
+    if rho.shape[-1] == 2:
+        return _qubit_entropy(rho, _qubit_spectrum(rho, eigenvalues))
+    return entropy_from_eigenvalues(eigenvalues)
 
 
 @jax.custom_jvp
 def _von_neumann_entropy(rho: Array) -> Array:
-    return entropy_from_eigenvalues(_linalg.eigvalsh(rho))
+    return _entropy(rho, _linalg.eigvalsh(rho))
 
 
 @_von_neumann_entropy.defjvp
 def _von_neumann_entropy_jvp(primals, tangents):
     (rho,), (drho,) = primals, tangents
     eigenvalues, vectors = _linalg.eigh(rho)
-    value = entropy_from_eigenvalues(eigenvalues)
+    value = _entropy(rho, eigenvalues)
+    eigenvalues = _spectrum(rho, eigenvalues)
     weights = _xlogx_derivative(eigenvalues)
     return value, -jnp.sum(weights * _linalg.diagonal_in_basis(vectors, drho), axis=-1)
 
@@ -151,7 +198,7 @@ def logm_hermitian(a: Array) -> Array:
         >>> qep_jax.logm_hermitian(jnp.diag(jnp.array([1.0, jnp.e])))
         Array([[0., 0.], [0., 1.]], ...)
     """
-    return _logm_hermitian(_square_matrices("a", a))
+    return _jit_logm(_square_matrices("a", a))
 
 
 @jax.custom_jvp
@@ -253,4 +300,11 @@ def relative_entropy(rho: Array, sigma: Array) -> Array:
     except ValueError:
         raise InputError(f"rho has batch shape {rho.shape[:-2]} and sigma {sigma.shape[:-2]}, which do not "
                          f"broadcast; give one sigma or one per rho.") from None
-    return -_von_neumann_entropy(rho) - _cross_term(rho, sigma)
+    return _jit_relative_entropy(rho, sigma)
+
+
+# The public kernels run compiled: op by op, jax.grad of an 8 x 8 entropy took 15 ms instead of
+# 0.04 ms. Validation stays outside, in Python, on the concrete arguments.
+_jit_entropy = jax.jit(lambda rho: _von_neumann_entropy(rho))
+_jit_logm = jax.jit(lambda a: _logm_hermitian(a))
+_jit_relative_entropy = jax.jit(lambda rho, sigma: -_von_neumann_entropy(rho) - _cross_term(rho, sigma))

@@ -53,8 +53,11 @@ def _static_rank(rho_system) -> int:
     d_s = int(rho_system.shape[-1])
     if not _is_concrete(rho_system):
         return d_s
-    lam = np.linalg.eigvalsh(np.asarray(rho_system).reshape(-1, d_s, d_s))
-    tol = 10 * d_s * np.finfo(np.float64).eps
+    arr = np.asarray(rho_system)
+    lam = np.linalg.eigvalsh(arr.reshape(-1, d_s, d_s))
+    # The eps of the state's own precision: a pure complex64 state has eigenvalues ~1e-8, which the
+    # float64 cut counted as a second rank (twice the reservoir-entropy factor, same values).
+    tol = 10 * d_s * np.finfo(np.result_type(arr.dtype, np.float32)).eps
     counts = np.sum(lam > tol * np.maximum(1.0, lam[:, -1:]), axis=-1)
     return max(1, int(np.max(counts)))
 
@@ -108,8 +111,15 @@ def _kernel_body(system: OpenSystem, times: Array, *, reservoir_entropies: bool,
                              tuple(e.sqrt_rho for e in eqs), times)
     total_energy = series.total_energy
     values = series.values
-    n_pairs = len(system_pairs(d_s, rebuilt_entry))
-    rho_s = system_state_from_pairs(values[:, :n_pairs], d_s, jnp.real(jnp.trace(rho0)), rebuilt_entry)
+    pairs = system_pairs(d_s, rebuilt_entry)
+    n_pairs = len(pairs)
+    # rho_s(0) + change, not the series' values: a population that starts at 0 then keeps relative
+    # precision as t -> 0 (the values' ~eps |rho| rounding made D_iS ~85% off below t ~ 5e-3 in
+    # float32, and negative). The series sees the Hermitian part of rho_s(0), as here.
+    start = (system.rho_system + jnp.conj(system.rho_system).T) / 2
+    initial = jnp.stack([start[i, j] for i, j in pairs]).astype(series.changes.dtype)
+    rho_s = system_state_from_pairs(initial + series.changes[:, :n_pairs], d_s,
+                                    jnp.real(jnp.trace(system.rho_system)), rebuilt_entry)
     # At t = 0 take the value of rho_s(0) itself, keeping the series' derivative (d/dt included).
     # The series gives it to rounding only: a pure rho_s(0) came back with an eigenvalue ~eps, whose
     # entropy weight -(ln eps + 1) ~ 35 (zero for the exact input) put ~34 into d D_iS(0) / d rho_s(0).
@@ -267,14 +277,22 @@ def check_times(times, dtype=None) -> Array:
         raise InputError(f"times: {largest:g} overflows {jnp.dtype(dtype).name} (largest "
                          f"{float(jnp.finfo(dtype).max):.3g}); use smaller times, or float64 "
                          f"(jax.config.update('jax_enable_x64', True)).")
-    return jnp.asarray(arr, dtype=dtype)
+    cast = arr.astype(jnp.dtype(dtype))
+    order = np.argsort(arr, kind="stable")
+    merged = np.flatnonzero((np.diff(arr[order]) != 0) & (np.diff(cast[order]) == 0))
+    if merged.size:  # e.g. 1e7 + 0.1 k in float32: the grid had 2 distinct times of 10, silently
+        a, b = arr[order][merged[0]], arr[order][merged[0] + 1]
+        raise InputError(f"times {float(a)!r} and {float(b)!r} are the same number in {jnp.dtype(dtype).name}; space the "
+                         f"times further apart, or use float64 (jax.config.update('jax_enable_x64', True)).")
+    return jnp.asarray(cast)
 
 
 def warn_if_float32(dtype) -> None:
     if jnp.finfo(dtype).bits < 64:
         warnings.warn(
             "qep_jax is computing in float32 (jax_enable_x64 is off or float32 inputs were given): "
-            "entropy differences near t = 0 lose accuracy (see README, 'Precision'). "
+            "expect ~1e-6 absolute errors in entropies (times beta for the heat terms), growing with "
+            "|E| t at late times (see README, 'Precision'). "
             "Call jax.config.update('jax_enable_x64', True) at program start for float64.",
             stacklevel=3,
         )

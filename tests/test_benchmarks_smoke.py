@@ -165,3 +165,12 @@ def test_float32_precision_tiny(capsys):
     _script("float32_precision").main(["--tiny"])
     out = capsys.readouterr().out
     assert "beta = 1000: entropy_production" in out and "t = 0.01" in out
+    assert "errors at late t" in out
+
+
+def test_short_time_precision_tiny(capsys):
+    pytest.importorskip("mpmath")
+    out = _script("short_time_precision").main(["--tiny"])
+    assert "relative errors against 30 digits" in capsys.readouterr().out
+    # float64 keeps relative precision where S ~ 1e-16 (it was 2% off, and 210% before that).
+    assert max(out["beta"]["10.0"]["float64"]["system_entropy"]) < 1e-10

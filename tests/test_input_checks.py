@@ -271,6 +271,22 @@ def test_values_that_overflow_float32_are_refused(build):
             build()
 
 
+def test_times_that_coincide_in_float32_are_refused():
+    """1e7 + 0.1 k gave 2 distinct float32 times of 10 and a step function of D_iS, silently."""
+    model = qep_jax.SpinGORM(4, 0.1, 0.1, 1.0)
+    times = 1e7 + 0.1 * np.arange(10)
+    with jax.enable_x64(False):
+        system = model.open_system(np.eye(4, dtype=np.float32))
+        with pytest.raises(InputError, match=r"times 10000000.0 and 10000000.1 are the same number in float32"):
+            qep_jax.evolve(system, times)
+        with pytest.raises(InputError, match="same number in float32"):
+            qep_jax.redfield_prediction(model, times)
+        qep_jax.evolve(system, [0.0, 1.0, 1.0])  # repeated on purpose: not a cast's doing
+        with pytest.raises(InputError, match=r"times 0.0 and 1e-46 are the same number in float32"):
+            qep_jax.evolve(system, [1e-46, 0.0, 1.0])  # unsorted too
+    assert qep_jax.evolve(model.open_system(np.eye(4)), times).times.shape == (10,)  # float64: distinct
+
+
 def test_models_check_traced_matrix_shapes_and_half_precision():
     model = qep_jax.SpinGORM(4, 0.1, 0.1, 1.0)
     # Under jit the shape check was skipped: dims (2, 4) with a (6, 6) coupling.
