@@ -130,7 +130,10 @@ class EnsembleResult:
             the variance is the sample variance (``R - 1`` in the denominator), so with one
             realization it and the standard error are NaN.
         series: quantity -> ``(R, T[, K])`` per-realization values, or ``None``.
-        info: how it ran (device, device_count, chunk_size, runtime_s, resumed_realizations).
+        info: how it ran (device, device_count, process_count, chunk_size, runtime_s,
+            resumed_realizations). A result read from a file (:func:`load_run`, or ``run_to_file``
+            on a finished output) has only device, device_count and the qep_jax/jax/jaxlib versions:
+            a file can hold chunks of several sessions, so it records no single run time.
     """
 
     times: np.ndarray
