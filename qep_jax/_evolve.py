@@ -84,8 +84,10 @@ def _evolve_kernel(
 
     With ``checkpoint`` reverse-mode differentiation stores only this function's inputs and
     recomputes its forward pass, so the gradient of an ensemble mean over ``lax.map``-ped
-    realizations keeps one realization's intermediates at a time (values are unchanged). ``SpinGORM.simulate`` turns it on; the per-time-chunk checkpoints inside the derivative rules
-    are always on.
+    realizations keeps one realization's intermediates at a time (values are unchanged); the
+    inputs are the system's D x D matrices. The models' ``simulate`` checkpoint the whole
+    realization instead (draw included), which stores only its index. The per-time-chunk
+    checkpoints inside the derivative rules are always on.
     """
     body = functools.partial(
         _kernel_body, reservoir_entropies=reservoir_entropies, time_batch_size=time_batch_size,
@@ -249,6 +251,34 @@ def auto_time_batch_size(dims, n_times, system_rank, n_observables, itemsize, re
                          block_bytes: int = DEFAULT_TIME_BLOCK_BYTES) -> int:
     per_time = time_block_bytes(dims, system_rank, n_observables, itemsize, reservoir_entropies)
     return int(max(1, min(n_times, block_bytes // max(per_time, 1))))
+
+
+def plan_batches(dims, n_times, n_realizations, n_observables, itemsize, reservoir_entropies, time_batch_size,
+                 batch_size, memory_budget) -> tuple[int, int]:
+    """``(time_batch_size, batch_size)`` of a ``lax.map`` over realizations of system ``dims`` (rank-1
+    ``rho_s(0)``) for the models' ``simulate``: ``None`` means automatic; a realization that does
+    not fit ``memory_budget`` bytes raises :class:`qep_jax.InputError`. Automatic batches are as
+    many realizations as the budget holds, on the CPU at most :func:`cpu_realization_batch`."""
+    if time_batch_size is None:
+        time_batch_size = auto_time_batch_size(dims, n_times, 1, n_observables, itemsize, reservoir_entropies)
+    else:
+        time_batch_size = check_count("time_batch_size", time_batch_size)
+    per_realization = realization_bytes(dims, n_times, system_rank=1, n_observables=n_observables,
+                                        itemsize=itemsize, reservoir_entropies=reservoir_entropies,
+                                        time_batch_size=time_batch_size)
+    if per_realization > memory_budget:
+        raise InputError(
+            f"one realization needs about {format_bytes(per_realization, up=True)}, more than "
+            f"memory_budget={memory_budget} bytes ({format_bytes(memory_budget)}); raise memory_budget "
+            f"or lower time_batch_size / n_levels."
+        )
+    if batch_size is None:
+        batch_size = int(max(1, min(n_realizations, memory_budget // per_realization)))
+        if jax.default_backend() == "cpu":
+            batch_size = min(batch_size, cpu_realization_batch(per_realization))
+    else:
+        batch_size = check_count("batch_size", batch_size)
+    return int(min(time_batch_size, n_times)), int(min(batch_size, n_realizations))
 
 
 def check_times(times, dtype=None) -> Array:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import qep_jax
-from qep_jax.models._spin_two_gorm import N_SERIES, plan_batches
+from qep_jax._evolve import plan_batches
+from qep_jax.models._spin_two_gorm import N_SERIES
 
 from ._reference import dense_reference
 

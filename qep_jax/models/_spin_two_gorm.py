@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .._evolve import (_evolve_kernel, auto_time_batch_size, check_times, cpu_realization_batch, format_bytes,
-                       realization_bytes, warn_if_float32)
+from .._evolve import _evolve_kernel, check_times, plan_batches, warn_if_float32
 from .._linalg import hint_blas_threads
 from .._open_system import (InputError, OpenSystem, check_count, check_flag, check_overflow, check_precision,
                              float_dtype, is_int)
@@ -158,33 +157,6 @@ class SpinTwoGORM:
         return _simulate_jit(self, key, times, jnp.asarray(first_realization), n_realizations=n_realizations,
                              reservoir_entropies=reservoir_entropies, batch_size=batch_size,
                              time_batch_size=time_batch_size)
-
-
-def plan_batches(dims, n_times, n_realizations, n_observables, itemsize, reservoir_entropies, time_batch_size,
-                 batch_size, memory_budget) -> tuple[int, int]:
-    """``(time_batch_size, batch_size)`` of a ``lax.map`` over realizations of system ``dims`` (rank-1
-    ``rho_s(0)``), as :meth:`SpinGORM.simulate` chooses them: ``None`` means automatic; a
-    realization that does not fit ``memory_budget`` bytes raises :class:`qep_jax.InputError`."""
-    if time_batch_size is None:
-        time_batch_size = auto_time_batch_size(dims, n_times, 1, n_observables, itemsize, reservoir_entropies)
-    else:
-        time_batch_size = check_count("time_batch_size", time_batch_size)
-    per_realization = realization_bytes(dims, n_times, system_rank=1, n_observables=n_observables,
-                                        itemsize=itemsize, reservoir_entropies=reservoir_entropies,
-                                        time_batch_size=time_batch_size)
-    if per_realization > memory_budget:
-        raise InputError(
-            f"one realization needs about {format_bytes(per_realization, up=True)}, more than "
-            f"memory_budget={memory_budget} bytes ({format_bytes(memory_budget)}); raise memory_budget "
-            f"or lower time_batch_size / n_levels."
-        )
-    if batch_size is None:
-        batch_size = int(max(1, min(n_realizations, memory_budget // per_realization)))
-        if jax.default_backend() == "cpu":
-            batch_size = min(batch_size, cpu_realization_batch(per_realization))
-    else:
-        batch_size = check_count("batch_size", batch_size)
-    return int(min(time_batch_size, n_times)), int(min(batch_size, n_realizations))
 
 
 @functools.partial(
