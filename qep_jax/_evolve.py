@@ -312,8 +312,9 @@ def check_times(times, dtype=None) -> Array:
     merged = np.flatnonzero((np.diff(arr[order]) != 0) & (np.diff(cast[order]) == 0))
     if merged.size:  # e.g. 1e7 + 0.1 k in float32: the grid had 2 distinct times of 10, silently
         a, b = arr[order][merged[0]], arr[order][merged[0] + 1]
-        raise InputError(f"times {float(a)!r} and {float(b)!r} are the same number in {jnp.dtype(dtype).name}; space the "
-                         f"times further apart, or use float64 (jax.config.update('jax_enable_x64', True)).")
+        raise InputError(f"times {float(a)!r} and {float(b)!r} are the same number in {jnp.dtype(dtype).name}; "
+                         f"space the times further apart, or use float64 "
+                         f"(jax.config.update('jax_enable_x64', True)).")
     return jnp.asarray(cast)
 
 
