@@ -1,13 +1,17 @@
 """Weak-coupling predictions for the spin-GORM model: reservoir spectrum, Redfield, shell master equation.
 
 Derivations, the prefactor 1/8 of ``a(w)`` and the regimes of validity: ``docs/master_equation.md``.
-Units hbar = k_B = 1. Every function is a pure ``jnp`` computation (jittable, vmappable over
-parameters). Arguments are validated before it: shapes and dtypes always (they are static, so
-traced arguments too), values (finite, in range, Hermitian, density matrices) when concrete.
+Units hbar = k_B = 1. Each public function validates its arguments in Python, shapes and dtypes
+always (they are static, so traced arguments too), values (finite, in range, Hermitian, density
+matrices) when concrete, then calls a private ``jax.jit``-ed core: one compilation per argument
+shapes and dtypes, none per new parameter value (op by op, redfield_prediction compiled ~60 tiny
+XLA programs on its first call and took 3-11 ms a call). The cores are pure, so the functions
+work under a user's ``jit``, ``vmap`` and ``grad``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -52,10 +56,16 @@ def _check_delta(delta) -> None:
 
 
 def _real_array(name: str, value):
-    """``value`` (lists too) as a real float array, finite when concrete."""
+    """``value`` (lists too) as a real numeric array, finite when concrete; the cores convert it with
+    :func:`_as_float` (under jit, so that a JAX integer array costs no eager conversion)."""
     a = numeric(name, value, real=True)
     if _is_concrete(a):
         check_finite(name, a)
+    return a
+
+
+def _as_float(a) -> Array:
+    """``a`` in the float (or complex) type it computes in: integers promote to JAX's default float."""
     return jnp.asarray(a, float_dtype(a))
 
 
@@ -120,7 +130,13 @@ def reservoir_spectrum(frequencies, beta, *, prefactor=SPECTRUM_PREFACTOR) -> Ar
     """
     _check_prefactor(prefactor)
     w = _real_array("frequencies", frequencies)
-    _scalar("beta", beta, w.dtype)
+    _scalar("beta", beta, float_dtype(w))
+    return _spectrum(w, beta, prefactor)
+
+
+@jax.jit
+def _spectrum(frequencies, beta, prefactor) -> Array:
+    w = _as_float(frequencies)
     beta = jnp.asarray(beta, dtype=w.dtype)
     magnitude = jnp.abs(w)
     inside = magnitude <= 1.0
@@ -149,6 +165,12 @@ def reservoir_spectrum_lines(energies, coupling_matrix, beta) -> tuple[Array, Ar
         >>> w.shape
         (4, 4)
     """
+    e, r = _check_lines(energies, coupling_matrix, beta)
+    return _lines(e, r, beta)
+
+
+def _check_lines(energies, coupling_matrix, beta):
+    """The arguments of :func:`reservoir_spectrum_lines`, checked: ``(energies, coupling_matrix)``."""
     e = _real_array("energies", energies)
     if e.ndim != 1 or e.shape[0] == 0:  # a scalar raised IndexError
         raise InputError(f"energies has shape {e.shape}, expected (N,): the reservoir levels.")
@@ -157,9 +179,15 @@ def reservoir_spectrum_lines(energies, coupling_matrix, beta) -> tuple[Array, Ar
     if r.shape != (n, n):  # checked under jit too: the shapes are static
         raise InputError(f"coupling_matrix has shape {r.shape}, expected ({n}, {n}) = (N, N), N = len(energies).")
     r = check_matrix("coupling_matrix", r)
-    _scalar("beta", beta, e.dtype)
+    _scalar("beta", beta, float_dtype(e))
+    return e, r
+
+
+@jax.jit
+def _lines(energies, coupling_matrix, beta) -> tuple[Array, Array]:
+    e = _as_float(energies)
     p = _gibbs_weights(e, beta)[0]
-    return e[None, :] - e[:, None], p[:, None] * jnp.abs(r) ** 2
+    return e[None, :] - e[:, None], p[:, None] * jnp.abs(coupling_matrix) ** 2
 
 
 def reservoir_spectrum_sampled(frequencies, energies, coupling_matrix, beta, *, width, kernel="gaussian") -> Array:
@@ -192,12 +220,19 @@ def reservoir_spectrum_sampled(frequencies, energies, coupling_matrix, beta, *, 
     if not isinstance(kernel, str) or kernel not in ("gaussian", "box"):
         raise InputError(f"kernel={kernel!r} must be 'gaussian' or 'box'.")
     _positive("width", width, "the kernel width, an energy several level spacings wide")
-    lines, weights = reservoir_spectrum_lines(energies, coupling_matrix, beta)
-    lines, weights = lines.reshape(-1), weights.reshape(-1)
+    e, r = _check_lines(energies, coupling_matrix, beta)
     w = _real_array("frequencies", frequencies)
     if w.ndim > 1:  # lax.map went over the rows and failed to broadcast
         raise InputError(f"frequencies has shape {w.shape}, expected (F,) or a scalar.")
-    w = jnp.atleast_1d(w.astype(weights.dtype))
+    return _sampled(w, e, r, beta, width, kernel)
+
+
+# width is traced: as a Python constant inside lax.map's body it recompiled for every new value.
+@functools.partial(jax.jit, static_argnames=("kernel",))
+def _sampled(frequencies, energies, coupling_matrix, beta, width, kernel: str) -> Array:
+    lines, weights = _lines(energies, coupling_matrix, beta)
+    lines, weights = lines.reshape(-1), weights.reshape(-1)
+    w = jnp.atleast_1d(frequencies.astype(weights.dtype))
 
     def at(omega):  # one frequency at a time: memory O(N^2), not O(F N^2)
         x = omega - lines
@@ -239,11 +274,22 @@ def redfield_rates(delta, coupling_strength, beta, *, prefactor=SPECTRUM_PREFACT
         >>> round(float(rates.relaxation), 5)
         0.01074
     """
+    _check_rates(delta, coupling_strength, beta, prefactor)
+    return _rates(delta, coupling_strength, beta, prefactor)
+
+
+def _check_rates(delta, coupling_strength, beta, prefactor) -> None:
     _check_delta(delta)
     _scalar("coupling_strength", coupling_strength)
     _scalar("beta", beta)
+    _check_prefactor(prefactor)
+    _scalar("beta", beta, jnp.result_type(delta, float))  # a(+-Delta) is computed in the type of delta
+
+
+@jax.jit
+def _rates(delta, coupling_strength, beta, prefactor) -> RedfieldRates:
     scale = 2.0 * jnp.pi * jnp.asarray(coupling_strength, dtype=jnp.result_type(coupling_strength, float)) ** 2
-    a = reservoir_spectrum(jnp.stack([-jnp.asarray(delta), jnp.asarray(delta)]), beta, prefactor=prefactor)
+    a = _spectrum(jnp.stack([-jnp.asarray(delta), jnp.asarray(delta)]), beta, prefactor)
     up, down = scale * a[0], scale * a[1]
     # up / down = e^{-beta Delta} by detailed balance; written so it stays defined where both rates
     # vanish (Delta = 1, the band edge), which (up - down) / (up + down) is not.
@@ -280,8 +326,14 @@ def redfield_state(times, delta, coupling_strength, beta, rho_system0, *, prefac
     if _is_concrete(rho0):
         check_finite("rho_system0", rho0)
         check_density_matrix("rho_system0", rho0)
-    rho0 = jnp.asarray(rho0, float_dtype(rho0))
-    rates = redfield_rates(delta, coupling_strength, beta, prefactor=prefactor)
+    _check_rates(delta, coupling_strength, beta, prefactor)
+    return _redfield_state(times, delta, coupling_strength, beta, rho0, prefactor)
+
+
+@jax.jit
+def _redfield_state(times, delta, coupling_strength, beta, rho_system0, prefactor) -> Array:
+    rho0 = _as_float(rho_system0)
+    rates = _rates(delta, coupling_strength, beta, prefactor)
     p_eq = (1 + rates.sigma_z_eq) / 2  # = up / (up + down), also where both rates vanish
     decay = jnp.exp(-rates.relaxation * times)
     p_up = p_eq + (jnp.real(rho0[1, 1]) - p_eq) * decay
@@ -324,6 +376,12 @@ def open_entropy_production(system_states, h_system, beta, initial_state) -> Arr
                          f"do not broadcast; give one initial_state or one per state.") from None
     h = check_matrix("h_system", h_system, d)
     _scalar("beta", beta)
+    return _open_entropy_production(rho, h, beta, rho0)
+
+
+@jax.jit
+def _open_entropy_production(rho, h, beta, rho0) -> Array:
+    rho, rho0 = _as_float(rho), _as_float(rho0)
     dtype = jnp.result_type(rho.dtype, rho0.dtype, float_dtype(h))
     rho, rho0, h = (jnp.asarray(x, dtype) for x in (rho, rho0, h))
     # Tr H rho over the last two axes of each: jnp.trace(h @ rho0) traced over the batch axes.
@@ -333,7 +391,8 @@ def open_entropy_production(system_states, h_system, beta, initial_state) -> Arr
 
 
 def _density_matrices(name: str, value, dim: int | None = None) -> Array:
-    """``(..., d, d)`` numbers (``d = dim`` if given); density matrices when concrete."""
+    """``(..., d, d)`` numbers (``d = dim`` if given); density matrices when concrete. Not converted:
+    the core does that under jit."""
     a = numeric(name, value)
     if (a.ndim < 2 or a.shape[-1] != a.shape[-2] or a.shape[-1] == 0
             or (dim is not None and a.shape[-1] != dim)):
@@ -342,7 +401,7 @@ def _density_matrices(name: str, value, dim: int | None = None) -> Array:
     if _is_concrete(a):
         check_finite(name, a)
         check_density_matrix(name, a)
-    return jnp.asarray(a, float_dtype(a))
+    return a
 
 
 class MasterEquationPrediction(NamedTuple):
@@ -411,7 +470,13 @@ def redfield_prediction(model: SpinGORM, times, *, prefactor=SPECTRUM_PREFACTOR)
     """
     _check_model(model)
     times = _forward_times(times)
-    rates = redfield_rates(model.delta, model.coupling_strength, model.beta, prefactor=prefactor)
+    _check_rates(model.delta, model.coupling_strength, model.beta, prefactor)
+    return _redfield_prediction(model, times, prefactor)
+
+
+@jax.jit
+def _redfield_prediction(model: SpinGORM, times, prefactor) -> MasterEquationPrediction:
+    rates = _rates(model.delta, model.coupling_strength, model.beta, prefactor)
     p_eq = (1 + rates.sigma_z_eq) / 2  # = up / (up + down), also where both rates vanish
     p_up = p_eq * (-jnp.expm1(-rates.relaxation * times))
     return _prediction(model, times, p_up)
@@ -433,6 +498,11 @@ def shell_pair_probability(model: SpinGORM) -> Array:
         0.3679
     """
     _check_model(model)
+    return _shell_pair_probability(model)
+
+
+@jax.jit  # a pytree: n_levels is static, delta, coupling_strength and beta traced
+def _shell_pair_probability(model: SpinGORM) -> Array:
     e = model.reservoir_energies()
     p = _gibbs_weights(e, model.beta)[0]
     spacing = 1.0 / (model.n_levels - 1)
@@ -475,8 +545,13 @@ def shell_prediction(model: SpinGORM, times, *, prefactor=SPECTRUM_PREFACTOR) ->
     _check_model(model)
     _check_prefactor(prefactor)
     times = _forward_times(times)
+    return _shell_prediction(model, times, prefactor)
+
+
+@jax.jit
+def _shell_prediction(model: SpinGORM, times, prefactor) -> MasterEquationPrediction:
     rate = 2.0 * jnp.pi * model.coupling_strength**2 * prefactor
-    pair = shell_pair_probability(model)
+    pair = _shell_pair_probability(model)
     filling = -jnp.expm1(-2.0 * rate * times) / 2  # f(t): fraction of each shell's weight moved up
     p_up = pair * filling
 
