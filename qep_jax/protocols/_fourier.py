@@ -30,8 +30,8 @@ class FourierRamp:
     Example:
         >>> import jax.numpy as jnp, qep_jax
         >>> p = qep_jax.FourierRamp(2.0, jnp.array([0.0]), jnp.array([1.0]), jnp.zeros((1, 3)))
-        >>> p.values(1.0)
-        Array([0.5], dtype=float64)
+        >>> p.values(1.0).tolist()  # zero coefficients: the linear ramp, halfway at tau / 2
+        [0.5]
     """
 
     duration: Array

@@ -29,8 +29,8 @@ class PiecewiseConstant:
     Example:
         >>> import jax.numpy as jnp, qep_jax
         >>> p = qep_jax.PiecewiseConstant(jnp.full(4, 0.5), jnp.linspace(0.0, 1.0, 4)[:, None])
-        >>> p.switching_times()
-        Array([0. , 0.5, 1. , 1.5, 2. ], dtype=float64)
+        >>> p.switching_times().tolist()
+        [0.0, 0.5, 1.0, 1.5, 2.0]
     """
 
     durations: Array
