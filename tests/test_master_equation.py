@@ -3,6 +3,8 @@
 Reference numbers (docs/master_equation.md, section 5) were measured with the same parameters.
 """
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -341,3 +343,18 @@ def test_shell_reservoir_populations_are_normalised():
         q = p * np.where(low, 1 + f * c, np.where(high, 1 - f, 1 - f + f * c))
         np.testing.assert_allclose(q.sum(), 1.0, atol=1e-14)
         np.testing.assert_allclose(pred.reservoir_relative_entropy[k], np.sum(q * np.log(q / p)), atol=1e-13)
+
+
+@pytest.mark.parametrize("n_levels, delta", [(25, 0.5), (25, 0.25), (101, 0.1), (51, 0.5), (11, 0.3)])
+def test_shell_regions_do_not_depend_on_float32_rounding(n_levels, delta):
+    """Levels exactly on a region boundary (-1/2 + Delta, 1/2 - Delta) count as on it in float32 too:
+    the tolerance was 1e-9 spacings, below float32 rounding (op by op, N = 25, Delta = 1/2 gave
+    0.4555 against float64's 0.4200)."""
+    model = qep_jax.SpinGORM(n_levels, delta, 1.0, -3.0)
+    times = np.array([0.0, 5.0, 1e3])
+    double = np.asarray(qep_jax.shell_prediction(model, times).excited_population)
+    with jax.enable_x64(False), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        single = np.asarray(qep_jax.shell_prediction(qep_jax.SpinGORM(n_levels, delta, 1.0, -3.0), times)
+                            .excited_population)
+    np.testing.assert_allclose(single, double, atol=1e-6)
