@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import types
 import weakref
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -392,70 +393,100 @@ def _thermodynamics(system, times, controls, series: _Series, work_integral):
 
 
 class _NotAValue(Exception):
-    """Raised by :func:`_value_key` for an object whose value it cannot read (a function, a plain object)."""
+    """Raised by :func:`_value_key` for what it cannot key (an array of Python objects, nesting deeper
+    than :data:`_MAX_DEPTH`)."""
 
 
 _SCALAR_TYPES = (bool, int, float, complex, str, bytes, type(None))
-_VALUE_TYPES = _SCALAR_TYPES + (jax.Array, np.ndarray, np.generic, tuple, list, dict, set, frozenset)
+_MAX_DEPTH = 8
 
 
-def _value_key(x):
-    """``x`` as hashable data that is equal exactly when the values are (conservatively): numbers and
-    strings by type and ``repr`` (``-0.0`` and ``0.0`` differ, ``nan`` equals ``nan``), arrays by kind,
-    dtype, shape, bytes and JAX weak type, and tuples, lists, dicts and sets of them element by element.
-    Anything else raises :class:`_NotAValue`."""
-    if isinstance(x, _SCALAR_TYPES):
-        return type(x), repr(x)
-    if isinstance(x, (jax.Array, np.ndarray, np.generic)):
-        a = np.asarray(x)
-        if a.dtype.hasobject:
-            raise _NotAValue
-        return type(x).__name__, getattr(x, "weak_type", None), a.dtype.str, a.shape, a.tobytes()
-    if isinstance(x, (tuple, list)):
-        return type(x), tuple(_value_key(e) for e in x)
-    if isinstance(x, dict):
-        return type(x), tuple((_value_key(k), _value_key(v)) for k, v in x.items())
-    if isinstance(x, (set, frozenset)):
-        return type(x), frozenset(_value_key(e) for e in x)
-    raise _NotAValue
+class _Ref:
+    """Equal only to a :class:`_Ref` of the same live object: a weak reference where the object
+    allows one (the jit caches must not keep a user's objects alive), else a strong one."""
 
-
-def _state_fingerprint(obj) -> tuple | None:
-    """The data that, with ``type(obj)``, determines a plain protocol's output: its instance attributes
-    (``__dict__`` and slots), the data attributes of its classes, ``duration`` and ``n_controls``, each
-    as :func:`_value_key`. ``None`` when one of them is not a plain value (a function, another object):
-    its behaviour cannot be read from data, so the protocol is then keyed by identity."""
-    state = {}
-    for cls in reversed(type(obj).__mro__[:-1]):  # class data, base first, without object's
-        for name, value in vars(cls).items():
-            if not name.startswith("__") and isinstance(value, _VALUE_TYPES):
-                state["class " + name] = value
-    state.update(getattr(obj, "__dict__", {}))
-    for name in [n for cls in type(obj).__mro__ for n in getattr(cls, "__slots__", ())] + ["duration", "n_controls"]:
-        if name not in ("__dict__", "__weakref__") and hasattr(obj, name):
-            state[name] = getattr(obj, name)
-    try:
-        return tuple((name, _value_key(state[name])) for name in sorted(state))
-    except (_NotAValue, RecursionError):  # RecursionError: a container that holds itself
-        return None
-
-
-class _Identity:
-    """Equal only to an :class:`_Identity` of the same live object; holds it by a weak reference."""
-
-    __slots__ = ("ref", "ident")
+    __slots__ = ("weak", "strong", "ident")
 
     def __init__(self, obj):
-        self.ref, self.ident = weakref.ref(obj), id(obj)
+        self.ident = id(obj)
+        try:
+            self.weak, self.strong = weakref.ref(obj), None
+        except TypeError:
+            self.weak, self.strong = None, obj
+
+    def get(self):
+        return self.strong if self.weak is None else self.weak()
 
     def __hash__(self):
         return self.ident
 
     def __eq__(self, other):
-        if not isinstance(other, _Identity):
+        if not isinstance(other, _Ref):
             return NotImplemented
-        obj = self.ref()
-        return obj is not None and obj is other.ref()
+        obj = self.get()
+        return obj is not None and obj is other.get()
+
+
+def _value_key(x, depth: int = 0):
+    """``x`` as hashable data, equal exactly when the values are (conservatively): numbers and
+    strings by type and ``repr`` (``-0.0`` and ``0.0`` differ, ``nan`` equals ``nan``), arrays by
+    kind, dtype, shape, bytes and JAX weak type, tuples, lists, dicts and sets element by element.
+    A plain object by :func:`_object_key` (mutating a nested object counts too); functions, modules
+    and objects whose state is not in Python attributes by identity (:class:`_Ref`).
+    """
+    if depth > _MAX_DEPTH:
+        raise _NotAValue
+    if isinstance(x, _SCALAR_TYPES):
+        return type(x), repr(x)
+    if isinstance(x, (jax.Array, np.ndarray, np.generic)):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return "key", str(x.dtype), _value_key(jax.random.key_data(x), depth + 1)
+        a = np.asarray(x)
+        if a.dtype.hasobject:
+            raise _NotAValue
+        return type(x).__name__, getattr(x, "weak_type", None), a.dtype.str, a.shape, a.tobytes()
+    if isinstance(x, (tuple, list)):
+        return type(x), tuple(_value_key(e, depth + 1) for e in x)
+    if isinstance(x, dict):
+        return type(x), tuple((_value_key(k, depth + 1), _value_key(v, depth + 1)) for k, v in x.items())
+    if isinstance(x, (set, frozenset)):
+        return type(x), frozenset(_value_key(e, depth + 1) for e in x)
+    if callable(x) or isinstance(x, types.ModuleType) or not _has_visible_state(x):
+        return "object", _Ref(x)
+    return "object", _object_key(x, depth + 1)
+
+
+def _has_visible_state(obj) -> bool:
+    """Whether ``obj`` keeps its state in Python attributes (``__dict__`` or slots), where
+    :func:`_object_key` can read it; an extension object (a random generator) may hide it."""
+    return hasattr(obj, "__dict__") or any(getattr(cls, "__slots__", ()) for cls in type(obj).__mro__)
+
+
+def _object_key(obj, depth: int) -> tuple:
+    """``obj`` by value: its type, every attribute of its classes (methods and other functions by
+    identity: one rebound at run time counts) and its instance attributes (``__dict__``, slots)."""
+    state = {}
+    for cls in reversed(type(obj).__mro__[:-1]):  # base first, without object's
+        for name, value in vars(cls).items():
+            if not (name.startswith("__") and name.endswith("__")):
+                state["class " + name] = value
+    state.update(getattr(obj, "__dict__", {}))
+    for name in [n for cls in type(obj).__mro__ for n in getattr(cls, "__slots__", ())]:
+        if name not in ("__dict__", "__weakref__") and hasattr(obj, name):
+            state[name] = getattr(obj, name)
+    return (type(obj),) + tuple((name, _value_key(state[name], depth)) for name in sorted(state))
+
+
+def _state_fingerprint(obj) -> tuple | None:
+    """What determines a plain protocol's output, as :func:`_object_key` plus ``duration`` and
+    ``n_controls`` (which may be properties). ``None`` when something cannot be keyed; the protocol
+    then compiles on every call. Not included: what its methods read from module globals or closures."""
+    try:
+        extra = tuple((name, _value_key(getattr(obj, name), 1)) for name in ("duration", "n_controls")
+                      if hasattr(obj, name))
+        return _object_key(obj, 1) + extra
+    except (_NotAValue, RecursionError):  # RecursionError: a container that holds itself
+        return None
 
 
 class _StaticProtocol:
@@ -464,8 +495,11 @@ class _StaticProtocol:
     Hashed and compared by ``key``: its class and the values it holds when the call is made
     (:func:`_state_fingerprint`), so equal-valued objects of one class share one executable, and
     an object mutated between calls compiles again. Its parameters are compile-time constants (no
-    gradient flows to them). A protocol holding something other than plain values (a function,
-    another object) is keyed by identity as well (a weak reference: equal only while it lives).
+    gradient flows to them). Functions it holds (and objects whose state Python cannot see) count
+    by identity, a weak reference where possible: equal only while they live; nested plain objects
+    by their attributes.
+    Keying by ``(type, identity)`` as soon as it held a function ignored changes of its other
+    attributes (``amp`` 0.3 -> 0.9 returned the 0.3 work).
 
     ``protocol`` is the object itself, read while ``_drive_jit`` traces; :func:`drive` sets it to
     ``None`` after the call, so the jit caches, which keep their static arguments, do not keep the
@@ -478,13 +512,8 @@ class _StaticProtocol:
     def __init__(self, protocol):
         self.protocol = protocol
         state = _state_fingerprint(protocol)
-        if state is not None:
-            self.key = (type(protocol), state)
-        else:
-            try:
-                self.key = (type(protocol), _Identity(protocol))
-            except TypeError:  # not weak-referenceable: a fresh key, never equal (compiles every call)
-                self.key = (type(protocol), object())
+        # Nothing to key it by: a fresh key, never equal (compiles every call).
+        self.key = (type(protocol), object() if state is None else state)
         self._hash = hash(self.key)
 
     def __hash__(self):
@@ -600,7 +629,8 @@ def drive(
             ``values(t)``/``rates(t)``/``duration``/``n_controls`` such as
             :class:`~qep_jax.protocols.FourierRamp`: ``duration`` finite and ``> 0``, ``values(t)``
             and ``rates(t)`` of shape ``(n_controls,)``. A plain object (not a pytree) is a static
-            constant, compiled once per class and attribute values (each new value compiles again);
+            constant, compiled once per class and attribute values (each new value compiles again;
+            what its methods read from module globals or closures is frozen in at compilation);
             register it as a pytree to differentiate its parameters or to scan over them without
             recompiling (docs/driven.md). ``n_controls = 0`` with no drives is an undriven run.
         system_drives: ``n_s`` Hermitian ``(d_s, d_s)`` operators ``A_j``: ``H_s(t) = H_s + sum u_j A_j``

@@ -89,16 +89,21 @@ def _qubit_spectrum(rho: Array, eigenvalues: Array) -> Array:
     The eigensolver's smaller eigenvalue has an absolute error ~eps: for a spin near a pure state
     (``lambda_min ~ t^2`` after it starts pure) the entropy lost its relative precision, and in
     float32 came out negative below t ~ 5e-3 (``-(1 + eps) ln(1 + eps)``). The closed form keeps
-    the relative precision of the entries. Where the trace is not positive (not a state) the
-    eigensolver's ``eigenvalues`` are returned.
+    the relative precision of the entries. It reads the Hermitian part, as the eigensolver does,
+    scaled by the largest entry (``a d - |c|^2`` under- or overflowed for entries ~1e-160 or
+    ~1e155). Where the largest eigenvalue is not positive the eigensolver's ``eigenvalues`` are
+    returned.
     """
-    a, d, c = jnp.real(rho[..., 0, 0]), jnp.real(rho[..., 1, 1]), rho[..., 0, 1]
-    off = jnp.real(c * jnp.conj(c))
-    trace = a + d
-    largest = trace / 2 + jnp.sqrt(((a - d) / 2) ** 2 + off)  # no cancellation for trace >= 0
+    a, d = jnp.real(rho[..., 0, 0]), jnp.real(rho[..., 1, 1])
+    c = (rho[..., 0, 1] + jnp.conj(rho[..., 1, 0])) / 2
+    scale = jnp.maximum(jnp.maximum(jnp.abs(a), jnp.abs(d)), jnp.abs(c))
+    scale = jnp.where(scale > 0, scale, 1.0)
+    a_, d_, c_ = a / scale, d / scale, c / scale
+    off = jnp.real(c_ * jnp.conj(c_))
+    largest = (a_ + d_) / 2 + jnp.sqrt(((a_ - d_) / 2) ** 2 + off)  # no cancellation for trace >= 0
     state = largest > 0
-    smallest = (a * d - off) / jnp.where(state, largest, 1.0)
-    closed = jnp.stack([smallest, trace - smallest], axis=-1).astype(eigenvalues.dtype)
+    smallest = scale * ((a_ * d_ - off) / jnp.where(state, largest, 1.0))
+    closed = jnp.stack([smallest, (a + d) - smallest], axis=-1).astype(eigenvalues.dtype)
     return jnp.where(state[..., None], closed, eigenvalues)
 
 
@@ -107,18 +112,20 @@ def _spectrum(rho: Array, eigenvalues: Array) -> Array:
 
 
 def _qubit_entropy(rho: Array, spectrum: Array) -> Array:
-    """``S`` of ``2 x 2`` ``rho`` from its :func:`_qubit_spectrum`, with ``lambda_max ln lambda_max``
-    as ``lambda_max log1p((Tr rho - 1) - lambda_min)``: ``ln`` of ``1 - lambda_min`` rounded to 1 is
-    0 and dropped ``~lambda_min`` from ``S ~ lambda_min (1 - ln lambda_min)`` (2.4% at t = 1e-7 for
-    a spin starting pure)."""
+    """``S`` of ``2 x 2`` ``rho`` from its :func:`_qubit_spectrum`. Near unit trace,
+    ``lambda_max ln lambda_max`` is ``lambda_max log1p((Tr rho - 1) - lambda_min)``: ``ln`` of
+    ``1 - lambda_min`` rounded to 1 is 0 and dropped ``~lambda_min`` from ``S ~ lambda_min (1 - ln
+    lambda_min)`` (2.4% at t = 1e-7 for a spin starting pure). Far from it, the plain ``ln``."""
     smallest, largest = spectrum[..., 0], spectrum[..., 1]
     # The trace as rounded (a + d), not the exact sum of the entries: a unit-trace state whose
     # larger population 1 - p rounded to 1 has entries summing to 1 + p, and its exact entropy
     # misses ~p; with the rounded trace 1 it is that of (1 - lambda_min, lambda_min).
-    trace = jnp.real(rho[..., 0, 0]) + jnp.real(rho[..., 1, 1])
+    excess = jnp.real(rho[..., 0, 0]) + jnp.real(rho[..., 1, 1]) - 1
+    near = jnp.abs(excess) < 0.5
     positive = largest > 0
-    shifted = jnp.where(positive, (trace - 1) - smallest, 0.0)
-    return -_xlogx(smallest) - jnp.where(positive, largest * jnp.log1p(jnp.maximum(shifted, -1.0)), 0.0)
+    log_largest = jnp.where(near, jnp.log1p(jnp.where(near, excess - smallest, 0.0)),
+                            jnp.log(jnp.where(positive, largest, 1.0)))
+    return -_xlogx(smallest) - jnp.where(positive, largest * log_largest, 0.0)
 
 
 def _entropy(rho: Array, eigenvalues: Array) -> Array:

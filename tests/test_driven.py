@@ -665,6 +665,52 @@ def test_plain_protocol_compiles_once_per_value_and_is_released(problem):
     assert all(r() is None for r in refs)
 
 
+class _ScaledShapeRamp(_PlainRamp):
+    """A plain protocol holding a function and a number, and a class-level function."""
+
+    envelope = staticmethod(jnp.sin)
+
+    def __init__(self, shape, amp, settings):
+        super().__init__()
+        self.shape, self.amp, self.settings = shape, amp, settings
+
+    def values(self, t):
+        return jnp.stack([self.amp * self.shape(t) * self.envelope(t) + self.settings.offset, 0.2 - 0.1 * t])
+
+
+def test_plain_protocol_mutations_compile_again(problem):
+    """Once an object held a function it was keyed by (type, identity) alone: a mutated amplitude
+    (0.3 -> 0.9) returned the 0.3 work; a class-level function rebound at run time, and a mutated
+    nested object, reused stale executables too. Every one now counts; equal-valued objects holding
+    the same function still share one executable."""
+    import types
+
+    from qep_jax._driven import _drive_jit
+
+    kwargs = dict(system_drives=[problem["a"]], coupling_drives=[problem["b"]], n_steps=6)
+
+    def work(p):
+        return float(qep_jax.drive(problem["system"], p, **kwargs).work[-1])
+
+    def fresh(amp=0.3, offset=0.0):
+        return _ScaledShapeRamp(jnp.cos, amp, types.SimpleNamespace(offset=offset))
+
+    p = fresh()
+    w = work(p)
+    p.amp = 0.9
+    assert abs(work(p) - work(fresh(0.9))) < 1e-12 and abs(work(p) - w) > 1e-4
+    p.settings.offset = 0.05
+    assert abs(work(p) - work(fresh(0.9, 0.05))) < 1e-12
+    before = _drive_jit._cache_size()
+    assert work(fresh(0.9, 0.05)) == work(fresh(0.9, 0.05)) and _drive_jit._cache_size() == before
+    try:
+        _ScaledShapeRamp.envelope = staticmethod(jnp.cos)
+        rebound = work(fresh())
+    finally:
+        _ScaledShapeRamp.envelope = staticmethod(jnp.sin)
+    assert abs(rebound - w) > 1e-6 and work(fresh()) == w
+
+
 def test_registered_custom_protocol_is_differentiable(problem):
     """A custom protocol registered as a pytree (docs/driven.md) gets gradients w.r.t. its parameters."""
     import dataclasses

@@ -326,3 +326,16 @@ def test_public_kernels_run_compiled_once_per_shape():
         assert abs(float(qep_jax.relative_entropy(rho, states[0])) - relative_entropy(rho, states[0])) < 1e-10
     after = [f._cache_size() for f in (_entropy._jit_entropy, _entropy._jit_logm, _entropy._jit_relative_entropy)]
     assert all(b - a <= 1 for a, b in zip(before, after)), (before, after)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-17, 1e-14, 1e-6, 3.0, 1e155, 1e200])
+def test_qubit_entropy_of_scaled_and_non_hermitian_input(scale):
+    """The 2 x 2 closed form read rho[0, 1] only (a non-Hermitian input's value ignored rho[1, 0],
+    its derivative did not), lost precision away from unit trace (1.7e-4 at 1e-14) and gave inf
+    (log1p(-1)) for tiny and NaN (a d overflow) for huge entries; the eigenvalue formula gives them."""
+    rho = scale * np.array([[0.7, 0.2], [0.2, 0.3]])
+    lam = np.linalg.eigvalsh(rho)
+    expected = -np.sum(lam * np.log(lam))
+    assert abs(float(qep_jax.von_neumann_entropy(rho)) - expected) < 1e-13 * abs(expected)
+    skew = np.array([[0.5, 0.4], [0.0, 0.5]])
+    assert abs(float(qep_jax.von_neumann_entropy(skew)) - entropy((skew + skew.T) / 2)) < 1e-14
