@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import time
+
+START = time.perf_counter()  # the script's run time (``runtime_s`` in its JSON) counts from this import
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -37,12 +40,17 @@ def band(ax, t, samples, label, color=None, **kw):
 
 
 def save(name: str, fig, data: dict, summary: dict, out_dir=None) -> pathlib.Path:
-    """Write ``name.png``, ``name.npz`` (arrays) and ``name.json`` (summary numbers, parameters)."""
+    """Write ``name.png``, ``name.npz`` (arrays) and ``name.json`` (summary numbers, parameters).
+
+    The JSON gets ``runtime_s``: wall seconds from the import of this module (before jax and qep_jax
+    are imported) to the moment the JSON is written, figure and arrays included.
+    """
     out = pathlib.Path(out_dir) if out_dir else RESULTS
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     np.savez_compressed(out / f"{name}.npz", **{k: np.asarray(v) for k, v in data.items()})
+    summary = {**summary, "runtime_s": time.perf_counter() - START}
     with open(out / f"{name}.json", "w") as f:
         json.dump(summary, f, indent=2, default=float)
     print(json.dumps(summary, indent=2, default=float))

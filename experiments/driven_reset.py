@@ -28,8 +28,9 @@ against the time integral of the power, quadrature and scheme error) and
 ``max_abs_step_change_dissipated_work`` (twice the Magnus steps); the fields themselves are compared
 with a dense scipy reference in tests/test_driven.py.
 
-Run:  python experiments/driven_reset.py            (~4-5 minutes on 2 idle cores)
-      python experiments/driven_reset.py --quick --out-dir /tmp/driven_reset    (smoke test, ~20 s)
+Run from experiments/:  python driven_reset.py    (about 2 minutes on 2 idle cores, 6-7 on a shared machine;
+                        ``runtime_s`` in the JSON is the last run's)
+                        python driven_reset.py --quick --out-dir /tmp/driven_reset    (smoke test, ~20 s idle)
 Writes driven_reset.{png,json,npz} (driven_reset_quick.* with --quick) to --out-dir, by default
 experiments/results/.
 """
@@ -41,6 +42,8 @@ import json
 import os
 import pathlib
 import time
+
+_START = time.perf_counter()  # runtime_s in the JSON counts from here (before jax is imported)
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -229,11 +232,12 @@ def main():
     out = pathlib.Path(args.out_dir) if args.out_dir else RESULTS
     out.mkdir(parents=True, exist_ok=True)
     name = "driven_reset_quick" if args.quick else "driven_reset"
-    with open(out / f"{name}.json", "w") as f:
-        json.dump(summary, f, indent=2)
     np.savez_compressed(out / f"{name}.npz", **{
         f"N{n}_tau{t:g}_{k}_{part}": arr for (n, t, k), pair in curves.items() for part, arr in zip(("s", "u"), pair)})
     plot(rows, curves, levels, taus, out / f"{name}.png")
+    summary["runtime_s"] = time.perf_counter() - _START  # whole script, imports and figure included
+    with open(out / f"{name}.json", "w") as f:
+        json.dump(summary, f, indent=2)
     print(f"wrote {out / name}.{{json,npz,png}} in {summary['wall_seconds']:.0f} s")
 
 
@@ -272,7 +276,7 @@ def plot(rows, curves, levels, taus, path):
                     color=colors[k], label=f"-Q, {kind}")
         for name, style in (("landauer_bound", "_"), ("reeb_wolf_bound", "x"), ("spectral_bound", "^")):
             ax.plot(x + off, [r[kind][name][0] for r in rows], style, color="k" if k == 0 else "gray",
-                    label=name.replace("_", " ") if k == 0 else None)
+                    label=f"{name.replace('_', ' ')}, {kind}")
     ax.set_xticks(x, labels, fontsize=8)
     ax.set(ylabel=r"heat given to the reservoir $-Q$ (energy units)", title="heat vs Landauer bounds (means)")
     ax.legend(fontsize=7)

@@ -4,7 +4,7 @@ Eq. 10 exact, eq. 25 exact and eq. 25 from the Redfield equation, for one GOE dr
 at the minimum of eq. 25, the spin state (p_up, |rho_01|, largest eigenvalue), the excited population at
 t_max against Redfield and the shell prediction, and (``--recurrence-draws``) how deep eq. 10 comes back
 towards 0 after t = 20 over many draws at small N (near-recurrences).
-Run: python experiments/fig1_single_realizations.py
+Run (from experiments/): python fig1_single_realizations.py
 """
 
 from __future__ import annotations
@@ -96,8 +96,13 @@ def main():
                 "fraction_min_below_0.05": float(np.mean(low < 0.05))}
             data[f"recurrence_min_eq10_N{n}"] = low
     np.atleast_1d(axes)[0].set_ylabel("entropy production (nats, $k_B = 1$)")
-    np.atleast_1d(axes)[0].legend(fontsize=8)
-    fig.suptitle(rf"spin-GORM, single realizations: $\Delta$={args.delta}, $\beta$={args.beta}, $\lambda$={args.coupling}")
+    # One legend below the panels (inside the N = 4 panel it covered the curves); the title above the
+    # panel titles (bbox_inches="tight" in _common.save keeps both in the file).
+    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=9)
+    fig.suptitle(rf"spin-GORM, single realizations: $\Delta$={args.delta}, $\beta$={args.beta}, "
+                 rf"$\lambda$={args.coupling}", y=1.03)
     _common.save("fig1_single_realizations", fig, data, summary, args.out_dir)
 
 

@@ -11,7 +11,7 @@ eq. 7 with Q_s = -Delta p_up), so it is negative when rho_s(t) is purer than its
 allows. Per realization the script records, at the time of min_t D_iS': p_up, |rho_01|, the largest
 eigenvalue of rho_s, and the realization's static transverse field lambda <R>_beta / Delta, where
 <R>_beta = sum_k p_k R_kk (R = X / sqrt(8N), p_k canonical): the thermal mean of the coupling operator
-that the Redfield treatment takes to be 0. Run: python experiments/negativity_eq25.py
+that the Redfield treatment takes to be 0. Run (from experiments/): python negativity_eq25.py
 """
 
 from __future__ import annotations
@@ -37,6 +37,41 @@ def upper_bound_95(k, n):
     return 1.0 if k >= n else float(stats.beta.ppf(0.95, k + 1, n - k))
 
 
+def mechanism_controls(args, n, xs, times, data):
+    """Eq. 25 on the same draws with parts of the coupling removed (the mechanism, causally).
+
+    ``diag(X) = 0`` removes the static transverse field ``lambda <R>_beta`` (and every ``lambda R_kk``);
+    ``offdiag(X) = 0`` keeps only the diagonal: then ``H`` is block diagonal in the reservoir levels and
+    ``rho_s(t)`` is exactly the mixture, with weights ``p_k``, of a spin precessing about
+    ``(Delta/2) sigma_z + lambda R_kk sigma_x`` (no spin-reservoir entanglement). Returns one entry per
+    coupling with the fraction negative (threshold as in the main table) for the full coupling (from the
+    main run, same draws) and for each control, and the mean and lowest ``min_t D_iS'``.
+    """
+    out = {}
+    n_real = xs.shape[0]
+    variants = {"diagonal_removed": xs - np.einsum("ikk->ik", xs)[:, :, None] * np.eye(n)[None],
+                "off_diagonal_removed": np.einsum("ikk->ik", xs)[:, :, None] * np.eye(n)[None]}
+    for lam in args.control_couplings:
+        model = qep_jax.SpinGORM(n_levels=n, delta=args.delta, coupling_strength=lam, beta=args.beta)
+        run = jax.jit(lambda xb, model=model: jax.lax.map(
+            lambda x: qep_jax.evolve(model.open_system(x), times, reservoir_entropies=False).entropy_production_open.min(),
+            xb, batch_size=8))
+        full = data[f"min_eq25_lam{lam}_N{n}"][:n_real]
+        entry = {"realizations": int(n_real), "full": {"fraction_negative": float(np.mean(full < -args.threshold)),
+                                                       "mean_min_eq25": float(full.mean()), "lowest_min_eq25": float(full.min())}}
+        for name, x in variants.items():
+            lowest = np.asarray(run(jnp.asarray(x)))
+            entry[name] = {"fraction_negative": float(np.mean(lowest < -args.threshold)),
+                           "negative": int(np.sum(lowest < -args.threshold)),
+                           "mean_min_eq25": float(lowest.mean()), "lowest_min_eq25": float(lowest.min())}
+            data[f"control_{name}_min_eq25_lam{lam}_N{n}"] = lowest
+        out[f"lambda={lam},N={n}"] = entry
+        print(f"controls lambda={lam} N={n}: negative full {entry['full']['fraction_negative']:.3f}, "
+              f"diag(X)=0 {entry['diagonal_removed']['fraction_negative']:.3f}, "
+              f"offdiag(X)=0 {entry['off_diagonal_removed']['fraction_negative']:.3f}", flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n-levels", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128])
@@ -48,6 +83,11 @@ def main():
     ap.add_argument("--t-max", type=float, default=400.0)
     ap.add_argument("--n-times", type=int, default=401)
     ap.add_argument("--threshold", type=float, default=1e-8)
+    ap.add_argument("--control-n-levels", type=int, nargs="*", default=[4, 8, 16, 32],
+                    help="N of the mechanism controls (diag(X) = 0; off-diagonal X = 0); none: skip them")
+    ap.add_argument("--control-couplings", type=float, nargs="*", default=[0.1, 0.4])
+    ap.add_argument("--control-realizations", type=int, default=1000,
+                    help="the first this many draws of each N (the same as in the main table)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args()
@@ -63,7 +103,7 @@ def main():
     min_eq25 = np.zeros(shape)
     min_eq10 = np.inf
     per_cell, data = {}, {}
-    field_sd = {}
+    field_sd, controls = {}, {}
     for j, (n, n_real) in enumerate(zip(args.n_levels, reals)):
         key_n = jax.random.fold_in(key, n)
         xs = np.asarray(jax.vmap(lambda i: qep_jax.goe(jax.random.fold_in(key_n, i), n))(jnp.arange(n_real)))
@@ -118,6 +158,8 @@ def main():
             data.update({f"min_eq25_{tag}": lowest, f"p_up_at_min_{tag}": p_up, f"abs_rho01_at_min_{tag}": coh,
                          f"field_over_delta_{tag}": lam * r_beta / args.delta})
             print(f"lambda={lam} N={n}: {int(neg.sum())}/{n_real} negative", flush=True)
+        if n in args.control_n_levels:
+            controls.update(mechanism_controls(args, n, xs[: args.control_realizations], times, data))
     se = np.sqrt(fraction * (1 - fraction) / np.asarray(reals)[None, :])  # binomial standard error
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -125,7 +167,9 @@ def main():
     for i, lam in enumerate(args.couplings):
         ax.errorbar(args.n_levels, fraction[i], yerr=se[i], marker="o", capsize=3, label=rf"$\lambda$ = {lam}")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("reservoir levels N")
+    ax.set_xticks(args.n_levels, [f"{n}\n({r})" for n, r in zip(args.n_levels, reals)])
+    ax.minorticks_off()
+    ax.set_xlabel("reservoir levels N (realizations)")
     ax.set_ylabel(rf"fraction with $\min_t \Delta_i S'(t) < -${args.threshold:g} nats")
     ax.set_title(rf"eq. 25, $\Delta$={args.delta}, $\beta$={args.beta}, $t \leq$ {args.t_max:g}; "
                  "bars: binomial SE", fontsize=9)
@@ -135,7 +179,7 @@ def main():
         lam = args.couplings[-1]
         tag = f"lam{lam}_N{n}"
         ax.scatter(np.abs(data[f"field_over_delta_{tag}"]), data[f"min_eq25_{tag}"], s=4, alpha=0.5,
-                   label=rf"N = {n}, $\lambda$ = {lam}")
+                   label=rf"N = {n}, $\lambda$ = {lam} ({reals[args.n_levels.index(n)]} realizations)")
     ax.axhline(0.0, color="grey", lw=0.5)
     ax.set_xlabel(r"$|\lambda \langle R\rangle_\beta| / \Delta$ (static transverse field of the realization)")
     ax.set_ylabel(r"$\min_t \Delta_i S'(t)$ (nats)")
@@ -148,7 +192,7 @@ def main():
                "min_eq10_over_all_runs": min_eq10,
                "eq10_check": f"passed: min eq. 10 >= -{EQ10_FLOOR:g} in every run",
                "rows": "couplings", "columns": "n_levels", "transverse_field_spread": field_sd,
-               "per_cell": per_cell}
+               "per_cell": per_cell, "mechanism_controls": controls}
     data.update({"fraction_negative": fraction, "binomial_se": se, "upper_95": upper95,
                  "mean_min_eq25": mean_min, "n_levels": args.n_levels, "couplings": args.couplings})
     _common.save("negativity_eq25", fig, data, summary, args.out_dir)

@@ -1,9 +1,9 @@
 """Parameter inference through the exact dynamics: recover (lambda, Delta) of the spin-GORM model.
 
     python parameter_inference.py                  # N = 24, 16 realizations, 41 times, 300 Adam steps
-    python parameter_inference.py --steps 150 --n-levels 12 --realizations 4 --refit-draw-sets 0 --out-dir /tmp/pi   # quick check, ~15 s
+    python parameter_inference.py --steps 150 --n-levels 12 --realizations 4 --refit-draw-sets 0 --name parameter_inference_quick   # quick check, ~16 s
 
-The quick check converges (measured: lambda 0.2509, Delta 0.1502, z = 0.53 / 0.14, chi^2/dof 1.23);
+The quick check converges (results/parameter_inference_quick.json: lambda 0.2509, Delta 0.1502, z = 0.53 / 0.14, chi^2/dof 1.23);
 with 40 steps it does not (lambda 0.287, Delta 0.196, z = 15 / 23), so fewer steps are a smoke test only.
 
 Data: the ensemble-averaged <sigma_z>(t) of ``--realizations`` GOE draws (keys ``fold_in(key, i)``)
@@ -28,6 +28,8 @@ import json
 import os
 import platform
 import time
+
+_START = time.perf_counter()  # runtime_s in the JSON counts from here (before jax is imported)
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -39,6 +41,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from scipy import stats as scipy_stats  # noqa: E402
 
 import qep_jax  # noqa: E402
 
@@ -155,12 +158,16 @@ def main():
         "residual_sigma": sigma_hat,
         "final_loss": final_loss,
         "chi2_per_dof": float(np.sum(residual**2) / args.noise**2 / dof),
+        "degrees_of_freedom": int(dof),
+        # upper-tail probability of chi^2 with dof degrees of freedom (known noise sigma)
+        "chi2_p_value": float(scipy_stats.chi2.sf(np.sum(residual**2) / args.noise**2, dof)),
         "other_draw_sets": {
             "what": "same data refitted (Gauss-Newton) with other sets of GOE draws in the model",
             "lambda_delta_chi2_per_dof": refits.tolist(),
             "lambda_range": [float(refits[:, 0].min()), float(refits[:, 0].max())] if len(refits) else None,
             "delta_range": [float(refits[:, 1].min()), float(refits[:, 1].max())] if len(refits) else None,
             "chi2_per_dof_range": [float(refits[:, 2].min()), float(refits[:, 2].max())] if len(refits) else None,
+            "chi2_p_values": [float(scipy_stats.chi2.sf(c * dof, dof)) for c in refits[:, 2]] if len(refits) else None,
             "sd_over_sets": {"lambda": float(refits[:, 0].std(ddof=1)), "delta": float(refits[:, 1].std(ddof=1))}
             if len(refits) > 1 else None,
             "sd_over_sets_in_fisher_sd": {"lambda": float(refits[:, 0].std(ddof=1) / std[0]),
@@ -180,6 +187,7 @@ def main():
              fit=fit, start=start, history=np.asarray(history), jacobian=np.asarray(jac), covariance=cov)
     plot(args, out, np.asarray(times), np.asarray(data), np.asarray(clean), fit, start, np.asarray(history), summary)
     summary["wall_seconds"] = time.perf_counter() - wall_start  # whole script after imports, plot included
+    summary["runtime_s"] = time.perf_counter() - _START  # whole script, imports included
     (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: summary[k] for k in ("recovered", "std_fisher", "z_scores", "chi2_per_dof", "other_draw_sets",
                                               "compile_seconds", "optimisation_seconds", "wall_seconds", "device")}, indent=1))
@@ -201,7 +209,7 @@ def plot(args, out, times, data, clean, fit, start, history, summary):
     ax.plot(history[:, 1], history[:, 2], ".-", ms=2)
     ax.plot([args.true_lambda], [args.true_delta], "r*", ms=12, label="hidden")
     rec, std = summary["recovered"], summary["std_fisher"]
-    ax.errorbar([rec["lambda"]], [rec["delta"]], xerr=[std["lambda"]], yerr=[std["delta"]], fmt="k+", label="recovered +- 1 sd")
+    ax.errorbar([rec["lambda"]], [rec["delta"]], xerr=[std["lambda"]], yerr=[std["delta"]], fmt="k+", label=r"recovered $\pm$ 1 sd")
     ax.set_xlabel(r"coupling $\lambda$ (energy units)")
     ax.set_ylabel(r"splitting $\Delta$ (energy units)")
     ax.set_title("optimiser path")
@@ -209,7 +217,7 @@ def plot(args, out, times, data, clean, fit, start, history, summary):
     ax = axes[2]
     ax.plot(times, data, "k.", label="noisy data")
     ax.plot(times, start[0], "C1--", label="start")
-    ax.plot(times, fit[0], "C0-", label="fit <sigma_z>")
+    ax.plot(times, fit[0], "C0-", label=r"fit $\langle\sigma_z\rangle_t$")
     ax.set_ylabel(r"$\langle\sigma_z\rangle_t$ (dimensionless)")
     ax_r = ax.twinx()
     ax_r.plot(times, fit[1], "C2-", label=r"fit $\Delta_i S$ (predicted)")

@@ -4,7 +4,7 @@ H = (Delta/2) sigma_z + H_1 + H_2 + lambda sigma_x (x) (R_1 (x) 1 + 1 (x) R_2), 
 independent GOE draws X_r, flat bands H_r = diag(linspace(-1/2, 1/2, N)). Heat currents, D_iS (eq. 10) and
 its split D_iS = I(s:r_1 r_2) + [S_1 + S_2 - S(rho_R)] + sum_r D[rho_r||rho_r^eq] (mutual information,
 inter-reservoir correlation, displacements), from `qep_jax.SpinTwoGORM.simulate`.
-Run: python experiments/two_reservoirs.py
+Run (from experiments/): python two_reservoirs.py
 
 Checks recorded in the JSON: ``max_abs_decomposition_error`` (the split above against D_iS) is a consistency
 check only, since qep_jax builds all these fields from the same entropies and energies; the independent
@@ -103,7 +103,10 @@ def main():
     ax_r = axes[0].twinx()
     _common.band(ax_r, t, np.real(runs["system_state"][:, :, 1, 1]), r"$p_\uparrow$", color="grey", ls="--")
     ax_r.set_ylabel(r"excited population $p_\uparrow$", color="grey")
-    axes[0].legend(loc="upper left", fontsize=8)
+    # One legend for both axes, below the curves (at the upper left it covered the p_up curve).
+    h0, l0 = axes[0].get_legend_handles_labels()
+    h1, l1 = ax_r.get_legend_handles_labels()
+    axes[0].legend(h0 + h1, l0 + l1, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8)
     m_s, se_s = _common.band(axes[1], t, d_is, r"$\Delta_i S$ eq. 10", color="k")
     m_i, se_i = _common.band(axes[1], t, mutual, r"$I(s:r_1 r_2)$")
     m_c, se_c = _common.band(axes[1], t, inter, r"inter-reservoir $S_1 + S_2 - S_{12}$")

@@ -2,7 +2,7 @@
 
 Compares the ensemble-averaged mutual information and reservoir displacement with the shell prediction and
 with the claim of Ptaszynski & Esposito, PRL 123, 200603 (2019) (mutual information bounded -- here by
-2 ln 2 -- while the displacement carries the growth). Run: python experiments/where_entropy_lives.py
+2 ln 2 -- while the displacement carries the growth). Run (from experiments/): python where_entropy_lives.py
 
 Checks recorded in the JSON: ``max_abs_identity_error`` = max |I + D - D_iS| is a consistency check only
 (qep_jax builds the three fields from the same entropies and energies, so eq. 18 holds by algebra up to
