@@ -28,9 +28,9 @@ against the time integral of the power, quadrature and scheme error) and
 ``max_abs_step_change_dissipated_work`` (twice the Magnus steps); the fields themselves are compared
 with a dense scipy reference in tests/test_driven.py.
 
-Run from experiments/:  python driven_reset.py    (about 2 minutes on 2 idle cores, 6-7 on a shared machine;
-                        ``runtime_s`` in the JSON is the last run's)
-                        python driven_reset.py --quick --out-dir /tmp/driven_reset    (smoke test, ~20 s idle)
+Run from experiments/:  python driven_reset.py    (a few minutes on 2 cores; the last run's wall time is
+                        ``runtime_s`` in the JSON, 168 s on the shared machine)
+                        python driven_reset.py --quick --out-dir /tmp/driven_reset    (smoke test, under a minute)
 Writes driven_reset.{png,json,npz} (driven_reset_quick.* with --quick) to --out-dir, by default
 experiments/results/.
 """
