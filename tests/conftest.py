@@ -18,3 +18,29 @@ def key():
 @pytest.fixture(autouse=True)
 def _no_float32_warning_leak():
     yield
+
+
+@pytest.fixture
+def poison_gather(monkeypatch):
+    """``poison(call, index, value)``: the ensemble runner's ``call``-th gathered array (one per
+    quantity and chunk, counted from 1) gets ``value`` at ``index``; returns the real gather."""
+    import numpy as np
+
+    import qep_jax
+
+    real = qep_jax._ensemble._gather
+
+    def poison(call, index, value):
+        count = [0]
+
+        def poisoned(x):
+            v = np.array(real(x))
+            count[0] += 1
+            if count[0] == call:
+                v[index] = value
+            return v
+
+        monkeypatch.setattr(qep_jax._ensemble, "_gather", poisoned)
+        return real
+
+    return poison

@@ -545,19 +545,10 @@ def test_version(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"qep-jax {qep_jax.__version__}"
 
 
-def test_a_non_finite_realization_is_one_line_and_keeps_finished_chunks(tmp_path, monkeypatch, capsys):
+def test_a_non_finite_realization_is_one_line_and_keeps_finished_chunks(tmp_path, monkeypatch, capsys,
+                                                                       poison_gather):
     monkeypatch.chdir(tmp_path)
-    real = qep_jax._ensemble._gather
-
-    def poisoned(x):  # one call per quantity and chunk: the 4th is the first quantity of chunk [2, 4)
-        v = np.array(real(x))
-        poisoned.calls += 1
-        if poisoned.calls == 4:
-            v[0, 1] = np.inf
-        return v
-
-    poisoned.calls = 0
-    monkeypatch.setattr(qep_jax._ensemble, "_gather", poisoned)
+    real = poison_gather(4, (0, 1), np.inf)  # the 4th gather: the first quantity of chunk [2, 4)
     code, out, err = _main(["run", *SMALL, "--no-figure"], capsys)
     assert code == 1 and err.count("\n") == 1 and "realization(s) [2]" in err and "finished chunks are kept" in err
     assert not os.path.exists("qep_run.h5")

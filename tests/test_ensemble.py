@@ -612,21 +612,11 @@ def test_run_ensemble_argument_forms(model):
         run_ensemble(model, TIMES, 2, keep_realizations="no")
 
 
-def test_a_non_finite_realization_is_refused_and_named(model, monkeypatch):
+def test_a_non_finite_realization_is_refused_and_named(model, poison_gather):
     """A NaN made the time point's mean, variance and standard error NaN without a word (and an inf
     gave inf or NaN depending on the chunking); now the run stops, naming the realization, after
     keeping the chunks finished before it."""
-    real = qep_jax._ensemble._gather
-
-    def poisoned(x):  # one call per quantity and chunk: the 5th is the heat of chunk [2, 4)
-        v = np.array(real(x))
-        poisoned.calls += 1
-        if poisoned.calls == 5:
-            v[1, 2] = np.nan
-        return v
-
-    poisoned.calls = 0
-    monkeypatch.setattr(qep_jax._ensemble, "_gather", poisoned)
+    poison_gather(5, (1, 2), np.nan)  # the 5th gather: the heat of chunk [2, 4)
     kept = []
     with pytest.raises(FloatingPointError, match=r"heat is not finite for realization\(s\) \[3\] \(first at t = 20\)"):
         _run(model, on_chunk=kept.append)
