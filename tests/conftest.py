@@ -10,6 +10,15 @@ import pytest  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module. The whole suite compiles thousands of
+    them in one process; with all of them kept, a late XLA compilation crashed (segfault) in 4 of 5
+    full runs after the kernels became jitted, at a different test each time."""
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture
 def key():
     return jax.random.key(20100113)
