@@ -174,3 +174,14 @@ def test_short_time_precision_tiny(capsys):
     assert "relative errors against 30 digits" in capsys.readouterr().out
     # float64 keeps relative precision where S ~ 1e-16 (it was 2% off, and 210% before that).
     assert max(out["beta"]["10.0"]["float64"]["system_entropy"]) < 1e-10
+
+
+def test_lapack_stages_tiny(tmp_path):
+    out = _script("lapack_stages").main(["--tiny", "--out", str(tmp_path)])
+    # Every route and stage composition is a valid eigendecomposition of the same matrix.
+    assert set(out["quality"]) == {"scipy_eigh_evd", "scipy_eigh_evr", "scipy_eigh_ev",
+                                   "sytrd_stevd_back_transform", "sytrd_stemr_back_transform"}
+    for value in out["quality"].values():
+        assert value["residual"] < 1e-12 and value["orthogonality"] < 1e-12, value
+    assert all(v > 0 for v in out["ms"].values())
+    assert json.loads((tmp_path / "lapack_stages.json").read_text())["n"] == 16
