@@ -119,7 +119,7 @@ def _kernel_body(system: OpenSystem, times: Array, *, reservoir_entropies: bool,
     # precision as t -> 0 (the values' ~eps |rho| rounding made D_iS ~85% off below t ~ 5e-3 in
     # float32, and negative). The series sees the Hermitian part of rho_s(0), as here.
     start = (system.rho_system + jnp.conj(system.rho_system).T) / 2
-    initial = jnp.stack([start[i, j] for i, j in pairs]).astype(series.changes.dtype)
+    initial = jnp.array([start[i, j] for i, j in pairs], series.changes.dtype).reshape(n_pairs)
     rho_s = system_state_from_pairs(initial + series.changes[:, :n_pairs], d_s,
                                     jnp.real(jnp.trace(system.rho_system)), rebuilt_entry)
     # At t = 0 take the value of rho_s(0) itself, keeping the series' derivative (d/dt included).

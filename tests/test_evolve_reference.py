@@ -34,6 +34,10 @@ CASES = [
     Case("qubit-K2-diag-pure-real", 2, (3, 4), True, True, True),
     Case("qutrit-K2-nondiag-mixed-complex", 3, (3, 2), False, False, False),
     Case("qubit-K2-grand-canonical", 2, (3, 3), True, False, False, True),
+    # A one-level system: the coupling acts on the reservoirs alone (a quench), S_s = 0 and
+    # D_iS = -beta Q. It raised a bare "need at least one array to stack" ValueError.
+    Case("one-level-K1-nondiag-complex", 1, (4,), False, True, False),
+    Case("one-level-K2-grand-canonical", 1, (3, 2), True, True, False, True),
 ]
 
 
