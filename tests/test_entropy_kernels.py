@@ -33,6 +33,19 @@ def test_entropy_tiny_negative_eigenvalues_are_clipped():
     assert np.all(np.isfinite(grad))
 
 
+@pytest.mark.parametrize("rho", [-np.eye(2) / 2, [[-0.3, 0.1], [0.1, -0.6]], np.diag([0.7, -0.3]),
+                                 [[0.2, 0.5], [0.5, 0.1]]])
+def test_qubit_entropy_of_a_non_positive_matrix_follows_the_general_rule(rho):
+    """The 2 x 2 closed form and the general path agree beyond density matrices: negative
+    eigenvalues contribute 0 (the closed form of a negative-definite matrix gave 0.35 instead)."""
+    rho = np.asarray(rho, float)
+    embedded = np.zeros((3, 3))
+    embedded[:2, :2] = rho  # a 3 x 3 matrix takes the eigenvalue path
+    expected = -sum(x * np.log(x) for x in np.linalg.eigvalsh(rho) if x > 0)
+    np.testing.assert_allclose(float(qep_jax.von_neumann_entropy(rho)), expected, atol=1e-15)
+    np.testing.assert_allclose(float(qep_jax.von_neumann_entropy(embedded)), expected, atol=1e-15)
+
+
 @pytest.mark.parametrize("complex_", [False, True])
 def test_qubit_entropy_near_a_pure_state_to_relative_precision(complex_):
     """A 2 x 2 state within ~7e-15 of pure: the eigensolver's smaller eigenvalue (absolute error

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import zlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -234,6 +235,38 @@ def test_reservoir_energy_offset_changes_nothing(offset, beta):
             np.testing.assert_allclose(getattr(moved, name), np.asarray(value) + offset, atol=atol, rtol=0)
         else:
             np.testing.assert_allclose(getattr(moved, name), value, atol=atol, rtol=0, err_msg=name)
+
+
+def test_reservoir_energy_offset_changes_nothing_at_short_times_and_low_temperature():
+    """The phases of the short-time form are taken from centred energies. Uncentred, an offset of
+    1e3 on H_r put |E| t ~ 1e3 t into the deltas and D_iS changed by 6e-4 relative at t = 1e-4,
+    beta = 1e4 (2e-10 centred)."""
+    model = qep_jax.SpinGORM(20, 0.1, 0.1, 1e4)
+    system = model.open_system(np.asarray(qep_jax.goe(jax.random.key(0), 20)))
+    times = np.array([1e-4, 1e-3, 1e-2])
+    plain = np.asarray(qep_jax.evolve(system, times, reservoir_entropies=False).entropy_production)
+    moved = qep_jax.OpenSystem(system.h_system, np.asarray(system.h_reservoirs[0]) + 1e3 * np.eye(20),
+                               system.betas, system.coupling, system.rho_system)
+    shifted = np.asarray(qep_jax.evolve(moved, times, reservoir_entropies=False).entropy_production)
+    assert np.all(plain > 0)
+    np.testing.assert_allclose(shifted, plain, rtol=1e-8, atol=0)
+
+
+def test_rho_s0_enters_through_its_hermitian_part():
+    """OpenSystem accepts rho_s(0) off Hermitian by rounding (1e-11 here). rho_s(t) = rho_s(0) +
+    change must then use the Hermitian part, as the series does: with rho_s(0) as given, rho_s(t)
+    and D_iS were off by 5e-12 and 3e-12 from the run on the Hermitian part."""
+    rng = np.random.default_rng(3)
+    h_s = random_hermitian(rng, 2, real=True, scale=0.5)
+    h_r = random_hermitian(rng, 6, real=True, scale=0.5)
+    coupling = random_hermitian(rng, 12, real=True, scale=0.1)
+    skew = np.array([[0.6, 0.2 + 1e-11], [0.2, 0.4]])
+    times = np.array([0.0, 0.5, 2.0])
+    given = qep_jax.evolve(qep_jax.OpenSystem(h_s, h_r, 1.0, coupling, skew), times)
+    hermitian = qep_jax.evolve(qep_jax.OpenSystem(h_s, h_r, 1.0, coupling, (skew + skew.T) / 2), times)
+    for name in ("system_state", "system_entropy", "entropy_production", "mutual_information"):
+        np.testing.assert_allclose(np.asarray(getattr(given, name))[1:], np.asarray(getattr(hermitian, name))[1:],
+                                   atol=1e-14, rtol=0, err_msg=name)
 
 
 @pytest.mark.parametrize("start", [0, 1, "traced"])
