@@ -711,6 +711,138 @@ def test_plain_protocol_mutations_compile_again(problem):
     assert abs(rebound - w) > 1e-6 and work(fresh()) == w
 
 
+def _ramp_class(amp):
+    """A plain-protocol class of its own, so no other test shares its cache keys: ``_PlainRamp`` with
+    slope ``amp(self)``, read at trace time, and the attributes given to it."""
+
+    class Ramp(_PlainRamp):
+        def __init__(self, **attributes):
+            self.__dict__.update(attributes)
+
+        def values(self, t):
+            return jnp.stack([amp(self) * t, 0.2 - 0.1 * t])
+
+        def rates(self, t):
+            return jnp.array([amp(self), -0.1])
+
+    return Ramp
+
+
+def _plain_work(problem, protocol, system=None, n_steps=6):
+    kwargs = dict(system_drives=[problem["a"]], coupling_drives=[problem["b"]], n_steps=n_steps)
+    return float(qep_jax.drive(problem["system"] if system is None else system, protocol, **kwargs).work[-1])
+
+
+def test_plain_protocol_array_attribute_keyed_by_its_values(problem):
+    """An array attribute is keyed by its bytes too: a new object holding jnp.array([0.9]) after one
+    holding [0.3] (same class, dtype and shape) gets its own work, not the cached [0.3] one."""
+    ramp = _ramp_class(lambda self: self.a[0])
+    w1 = _plain_work(problem, ramp(a=jnp.array([0.3])))
+    w2 = _plain_work(problem, ramp(a=jnp.array([0.9])))
+    np.testing.assert_allclose(w2, _plain_work(problem, _PlainRamp(0.9)), atol=1e-12)
+    np.testing.assert_allclose(w1, _plain_work(problem, _PlainRamp(0.3)), atol=1e-12)
+    assert abs(w1 - w2) > 1e-3
+
+
+def test_plain_protocol_dict_attribute_keyed_by_keys_and_values(problem):
+    """A dict is keyed by its items: {"amp": 0.3, "offset": 0.0} and {"offset": 0.3, "amp": 0.0} hold
+    the same values in the same order but differ."""
+    ramp = _ramp_class(lambda self: self.settings["amp"] + 0 * self.settings["offset"])
+    w1 = _plain_work(problem, ramp(settings={"amp": 0.3, "offset": 0.0}))
+    w2 = _plain_work(problem, ramp(settings={"offset": 0.3, "amp": 0.0}))
+    np.testing.assert_allclose(w1, _plain_work(problem, _PlainRamp(0.3)), atol=1e-12)
+    np.testing.assert_allclose(w2, _plain_work(problem, _PlainRamp(0.0)), atol=1e-12)
+
+
+def test_plain_protocol_that_cannot_be_keyed_compiles_every_call(problem):
+    """A protocol holding what cannot be keyed (an object-dtype array) gets a fresh key per call, never
+    a key shared by every such object of its class."""
+    ramp = _ramp_class(lambda self: float(self.a[0]))
+    w1 = _plain_work(problem, ramp(a=np.array([0.3], dtype=object)))
+    w2 = _plain_work(problem, ramp(a=np.array([0.9], dtype=object)))
+    np.testing.assert_allclose(w1, _plain_work(problem, _PlainRamp(0.3)), atol=1e-12)
+    np.testing.assert_allclose(w2, _plain_work(problem, _PlainRamp(0.9)), atol=1e-12)
+
+
+def test_plain_protocol_function_keyed_by_live_identity_not_address(problem):
+    """A function held by a protocol is keyed by identity while it lives: a new function created where
+    a garbage-collected one was (same id) is not the dead one, and gets its own executable."""
+    import gc
+
+    ramp = _ramp_class(lambda self: self.f())
+    amps = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    works, ids = [], []
+    for amp in amps:
+        f = eval(f"lambda: {amp!r}")  # a new function each time, freed before the next (its id reused)
+        ids.append(id(f))
+        works.append(_plain_work(problem, ramp(f=f)))
+        del f
+        gc.collect()
+    for amp, w in zip(amps, works):
+        np.testing.assert_allclose(w, _plain_work(problem, _PlainRamp(amp)), atol=1e-12,
+                                   err_msg=f"amp {amp}, function ids {ids}")
+
+
+def test_plain_protocol_object_without_visible_state_keyed_by_identity(problem):
+    """An object whose state Python cannot see (a numpy Generator: no __dict__ or slots) is keyed by
+    identity, not by its (empty) attributes: generators seeded 1 and 2 are not merged."""
+    import copy
+
+    ramp = _ramp_class(lambda self: float(copy.deepcopy(self.rng).uniform()))  # reads without advancing
+    for seed in (1, 2):
+        expected = _plain_work(problem, _PlainRamp(float(np.random.default_rng(seed).uniform())))
+        np.testing.assert_allclose(_plain_work(problem, ramp(rng=np.random.default_rng(seed))), expected,
+                                   atol=1e-12, err_msg=f"seed {seed}")
+
+
+def test_plain_protocol_function_released_after_drive(problem):
+    """The jit caches keep a protocol's key for the process; a function the protocol held is referenced
+    from it weakly, so it is freed (with its closure) once the caller drops it."""
+    import gc
+    import weakref
+
+    ramp = _ramp_class(lambda self: self.f())
+    f = lambda: 0.3  # noqa: E731
+    ref = weakref.ref(f)
+    np.testing.assert_allclose(_plain_work(problem, ramp(f=f)), _plain_work(problem, _PlainRamp(0.3)), atol=1e-12)
+    del f
+    gc.collect()
+    assert ref() is None
+
+
+def test_plain_protocol_nan_attribute_compiles_once(problem):
+    """Scalars are keyed by repr, so nan equals nan: three equal-valued objects holding a (new) float
+    nan share one executable."""
+    from qep_jax._driven import _drive_jit
+
+    ramp = _ramp_class(lambda self: self.a)
+    before = _drive_jit._cache_size()
+    works = [_plain_work(problem, ramp(a=0.3, note=float("nan"))) for _ in range(3)]
+    assert _drive_jit._cache_size() - before == 1
+    assert works[0] == works[1] == works[2]
+
+
+@pytest.mark.filterwarnings("ignore:qep_jax is computing in float32")
+def test_plain_protocol_weak_type_attribute_keyed(problem):
+    """A float32 system with x64 on: a strong float64 scalar attribute and a weak-typed one (same dtype
+    and bytes) trace differently; each gets the result it has on its own, whichever ran first."""
+    p = problem
+    c64 = lambda x: jnp.asarray(x, jnp.complex64)  # noqa: E731
+    s32 = qep_jax.OpenSystem(c64(p["h_s"]), c64(p["h_r"]), jnp.float32(BETA), c64(p["v"]), c64(p["rho_s"]))
+    p32 = dict(a=c64(p["a"]), b=c64(p["b"]))
+
+    def work(cls, a):
+        return _plain_work(p32, cls(a=a), system=s32)
+
+    ramp = _ramp_class(lambda self: self.a)
+    strong = work(ramp, jnp.asarray(1 / 3, jnp.float64))
+    weak = work(ramp, jnp.asarray(1 / 3))
+    assert jnp.asarray(1 / 3).weak_type and not jnp.asarray(1 / 3, jnp.float64).weak_type
+    assert weak == work(_ramp_class(lambda self: self.a), jnp.asarray(1 / 3))  # a class of its own: compiled anew
+    assert strong == work(_ramp_class(lambda self: self.a), jnp.asarray(1 / 3, jnp.float64))
+    assert strong != weak
+
+
 def test_registered_custom_protocol_is_differentiable(problem):
     """A custom protocol registered as a pytree (docs/driven.md) gets gradients w.r.t. its parameters."""
     import dataclasses
