@@ -168,10 +168,13 @@ def _log_divided_difference(mu: Array) -> Array:
     v = big / low - 1.0
     small = v < 1e-4
     huge = v > 1e300  # M / m beyond float range: the plain difference quotient has no cancellation there
-    v_mid = jnp.where(small | huge, 1.0, v)
+    # Placeholder 1e-4, the switch point (not 1): XLA may evaluate v more than once with different
+    # rounding, and a decision split between the copies right at a switch then costs only rounding
+    # (with a placeholder of 1 such a split would give ln 2; _propagator_rules._expm1_ratio met one at 0).
+    v_mid = jnp.where(small, 1e-4, jnp.where(huge, 1.0, v))
     series = 1.0 - v / 2 + v**2 / 3 - v**3 / 4
     ratio = jnp.where(small, series, jnp.log1p(v_mid) / v_mid) / low
-    direct = (jnp.log(big) - jnp.log(low)) / jnp.where(huge, big - low, 1.0)
+    direct = (jnp.log(big) - jnp.log(low)) / jnp.where(huge, big - low, big)
     return jnp.where(valid, jnp.where(huge, direct, ratio), 0.0)
 
 

@@ -180,7 +180,8 @@ def test_logm_derivative_along_a_non_hermitian_direction():
     assert abs(float(jax.grad(entry)(a)[0, 1]) - float(fd)) < 1e-7
 
 
-@pytest.mark.parametrize("ratio", [1e-3, 1e-10, 1e-14, 1.0 - 1e-6, 1.0 + 1e-9, 1.0 + 5e-5])
+@pytest.mark.parametrize("ratio", [1e-3, 1e-10, 1e-14, 1.0 - 1e-6, 1.0 + 1e-9, 1.0 + 5e-5, 1.0 + 9.9999e-5,
+                                   1.0 + 1.0001e-4, 1.0 + 2e-4, 1.0 + 1e-3, 1.0 + 9e-3])
 def test_log_divided_difference_against_50_digit_arithmetic(ratio):
     """(ln x - ln y) / (x - y) for eigenvalues far apart (the log1p form lost eps y/x there, 2.5e-5 at
     1e-14, and was asymmetric) and close together (where the plain quotient would cancel)."""

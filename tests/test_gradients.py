@@ -532,20 +532,59 @@ def _mu_system(mu):
                               chemical_potentials=[mu], number_operators=[np.diag(np.arange(4.0))])
 
 
-@pytest.mark.xfail(jax.__version__.startswith("0.10.") and jax.default_backend() == "cpu", strict=True,
-                   reason="XLA CPU (jaxlib 0.10) miscompiles jit(jacfwd) w.r.t. a chemical potential: "
-                          "disabling its CSE pass or most optimizations gives the right value")
 def test_forward_mode_under_jit_over_a_chemical_potential():
-    """Known wrong: d I / d mu by jax.jit(jax.jacfwd(...)) on the CPU is off by a constant at every
-    time (the equilibrium entropy's tangent), while jacfwd without jit, jacrev (jit or not) and finite
-    differences agree. The same jaxpr is right with XLA_FLAGS=--xla_disable_hlo_passes=cse or
-    jax_disable_most_optimizations, so qep_jax's formulas are not at fault; README says so. This test
-    fails (strict xfail) once the compiler is fixed."""
+    """d I / d mu in every mode against central differences. jax.jit(jax.jacfwd(...)) gave -0.241
+    instead of -0.029 on the CPU: the Gibbs state's divided difference tested its argument for
+    exactly 0, and XLA evaluated that argument twice with different rounding (0 for the test,
+    ~1e-17 for the quotient), so the diagonal became expm1(1) / 1 (docs/gradients.md)."""
     times = np.array([0.7, 2.5])
 
     def info(mu):
         return qep_jax.evolve(_mu_system(mu), times).mutual_information
 
-    exact = np.asarray(jax.jacrev(info)(0.1))
-    np.testing.assert_allclose(np.asarray(jax.jacfwd(info)(0.1)), exact, atol=1e-8)
-    np.testing.assert_allclose(np.asarray(jax.jit(jax.jacfwd(info))(0.1)), exact, atol=1e-8)
+    h = 1e-6
+    central = (np.asarray(info(0.1 + h)) - np.asarray(info(0.1 - h))) / (2 * h)
+    for name, derivative in [("jacrev", jax.jacrev(info)), ("jacfwd", jax.jacfwd(info)),
+                             ("jit(jacfwd)", jax.jit(jax.jacfwd(info))), ("jit(jacrev)", jax.jit(jax.jacrev(info)))]:
+        np.testing.assert_allclose(np.asarray(derivative(0.1)), central, atol=1e-8, err_msg=name)
+
+
+def test_expm1_ratio_against_50_digit_arithmetic():
+    """The Gibbs divided difference expm1(y) / y (y <= 0): series below |y| = 1e-3, quotient above,
+    both to rounding; at the switch point the two forms agree, so a decision split between two
+    evaluations of y costs nothing."""
+    mpmath = pytest.importorskip("mpmath")
+    from qep_jax._propagator_rules import _expm1_ratio
+
+    mpmath.mp.dps = 50
+    ys = np.array([0.0, -1e-300, -1e-17, -1e-9, -3e-5, -9.999999999999e-4, -1e-3, -1.000000000001e-3,
+                   -0.02, -1.0, -30.0, -700.0])
+    got = np.asarray(jax.jit(_expm1_ratio)(jnp.asarray(ys)))
+    exact = np.array([1.0 if y == 0 else float(mpmath.expm1(mpmath.mpf(y)) / mpmath.mpf(y)) for y in ys])
+    np.testing.assert_allclose(got, exact, rtol=4e-16, atol=0)
+    at_switch = -1e-3
+    series = 1 + at_switch / 2 * (1 + at_switch / 3 * (1 + at_switch / 4 * (1 + at_switch / 5)))
+    np.testing.assert_allclose(series, np.expm1(at_switch) / at_switch, rtol=4e-16)
+
+
+def test_gibbs_derivative_at_a_near_degenerate_reservoir_pair():
+    """H_r levels 8e-4 apart at beta = 1 (inside the series region of expm1(y) / y, not degenerate),
+    varied along the coupling of that pair: jvp against central differences. Taking the degenerate
+    limit 1 there instead was off by 1e-5 to 3e-5."""
+    rng = np.random.default_rng(11)
+    h_s = random_hermitian(rng, 2)
+    coupling = random_hermitian(rng, 6, scale=0.4)
+    h_r = np.diag([0.0, 8e-4, 1.0]).astype(complex)
+    direction = np.zeros((3, 3), complex)
+    direction[0, 1] = direction[1, 0] = 1.0
+    rho_s = np.array([[0.7, 0.2 - 0.1j], [0.2 + 0.1j, 0.3]])
+    times = jnp.array([0.9, 2.5])
+
+    @jax.jit
+    def series(e):
+        traj = qep_jax.evolve(qep_jax.OpenSystem(h_s, [h_r + e * direction], [1.0], coupling, rho_s), times)
+        return jnp.concatenate([traj.heat[:, 0], traj.reservoir_entropy[:, 0], jnp.real(traj.system_state[:, 0, 1])])
+
+    tangent = np.asarray(jax.jvp(series, (0.0,), (1.0,))[1])
+    h = 1e-6
+    np.testing.assert_allclose(tangent, (np.asarray(series(h)) - np.asarray(series(-h))) / (2 * h), atol=1e-9)
