@@ -343,7 +343,6 @@ def _thermal_state_jvp(diagonal, primals, tangents):
     (g, beta), (dg, dbeta) = primals, tangents
     value = thermal_state(g, beta, diagonal)
     eps, v = _thermal_spectrum(g, diagonal)
-    logits = -beta * eps
     p, _, mean = _gibbs_weights(eps, beta)
     sqrt_p = jnp.sqrt(p)
     dg_eig = _linalg.hermitian_part(dg)
@@ -352,7 +351,9 @@ def _thermal_state_jvp(diagonal, primals, tangents):
     # Divided differences of p(x) = exp(-beta x - ln Z) on the spectrum, written around the larger
     # of the two weights so nothing overflows: (p_a - p_b) / (e_a - e_b) = -beta max(p) h(-|x_ab|),
     # h(y) = expm1(y) / y, x_ab = beta (e_b - e_a); the diagonal is p'(e_a) = -beta p_a.
-    gap = jnp.abs(logits[:, None] - logits[None, :])
+    # beta times the difference of the stored energies, not the difference of two products: XLA may
+    # fuse -beta e_a - (-beta e_a) into one FMA, which leaves the product's rounding error (~1e-17).
+    gap = jnp.abs(beta * (eps[:, None] - eps[None, :]))
     div_p = -beta * jnp.maximum(p[:, None], p[None, :]) * _expm1_ratio(-gap)
     div_sqrt = -beta / 2 * jnp.maximum(sqrt_p[:, None], sqrt_p[None, :]) * _expm1_ratio(-gap / 2)
     deps = jnp.real(jnp.diagonal(dg_eig))
