@@ -22,9 +22,10 @@ Measured on one GOE-like matrix (``(A + A^T) / 2``, ``A`` standard normal), medi
   the subdiagonal: what ``ormtr`` does for a lower ``sytrd``), with each route's residual
   ``max|A W - W diag(E)|`` and loss of orthogonality ``max|W^T W - 1|``;
 - whether the two halves of the back-transformation run concurrently from two Python threads
-  (SciPy's wrappers of these routines hold the GIL: then no stage can be spread over the cores
-  without a compiled extension) and whether two ``numpy.linalg.eigh`` calls do (NumPy releases the
-  GIL: the ensembles' one-``eigh``-per-core route).
+  (SciPy 1.17's ``ormqr`` wrapper releases the GIL; its ``sytrd`` and ``stevd`` wrappers do not,
+  so only the back-transformation could be split over the cores from Python) and whether two
+  ``numpy.linalg.eigh`` calls do (NumPy releases the GIL: the ensembles' one-``eigh``-per-core
+  route).
 
 Writes ``lapack_stages.json`` into ``--out``.
 """
