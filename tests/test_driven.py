@@ -952,3 +952,92 @@ def test_landauer_bounds_fields_have_one_type():
     for ds in (0.3, np.array([0.3, 0.1])):
         bounds = qep_jax.landauer_bounds(ds, np.linspace(-0.5, 0.5, 5), 2.0)
         assert all(type(b) is np.ndarray and b.shape == np.shape(ds) for b in bounds)
+
+
+# ------------------------------------------- values pinned by a mutation review of the driven code
+
+
+def test_propagator_derivative_in_the_step_duration_for_complex_h():
+    """d exp(-i h dt) / d dt for a complex Hermitian h (complex eigenvectors: a missing conjugate in
+    the dt tangent was invisible for the real diagonal h of the degenerate-spectrum test), and the
+    gradient of the dissipated work with respect to the durations, both against central differences."""
+    rng = np.random.default_rng(0)
+    h = _hermitian(rng, 4)
+    assert np.abs(h.imag).max() > 0.1
+    dt = 0.7
+    _, tangent = jax.jvp(hermitian_propagator, (jnp.asarray(h, complex), jnp.asarray(dt)),
+                         (jnp.zeros((4, 4), complex), jnp.asarray(1.0)))
+    eps = 1e-6
+    fd = (scipy.linalg.expm(-1j * h * (dt + eps)) - scipy.linalg.expm(-1j * h * (dt - eps))) / (2 * eps)
+    np.testing.assert_allclose(tangent, fd, atol=1e-8)
+
+    h_s = _hermitian(rng, 2)
+    coupling = _hermitian(rng, 6, scale=0.3)
+    system = qep_jax.OpenSystem(h_s, np.diag([-0.3, 0.1, 0.4]), BETA, coupling, np.diag([0.7, 0.3]))
+    values = np.array([[0.3], [-0.5], [0.8], [0.1]])
+    drive_op = np.array([[0.0, 0.5], [0.5, 0.0]])
+
+    def loss(durations):
+        out = qep_jax.drive(system, PiecewiseConstant(durations, values), system_drives=[drive_op])
+        return out.dissipated_work[-1]
+
+    durations = jnp.array([0.4, 0.7, 0.5, 0.6])
+    grad = np.asarray(jax.grad(loss)(durations))
+    step = 1e-5
+    central = [(loss(durations.at[i].add(step)) - loss(durations.at[i].add(-step))) / (2 * step) for i in range(4)]
+    np.testing.assert_allclose(grad, central, atol=1e-8)
+
+
+def test_entropy_flow_against_the_dense_heat(piecewise, problem):
+    """entropy_flow = beta Q from the dense reference's heat, and D_iS = dS - entropy_flow."""
+    out, ref, _ = piecewise
+    np.testing.assert_allclose(out.entropy_flow, BETA * ref["heat"], atol=1e-10)
+    d_system = out.system_entropy - out.system_entropy[0]
+    np.testing.assert_allclose(out.entropy_production, d_system - out.entropy_flow, atol=1e-12)
+
+
+def test_piecewise_constant_times_with_unequal_durations():
+    durations = np.array([0.1, 0.5, 0.2])
+    protocol = PiecewiseConstant(durations, np.array([[0.3], [-0.2], [0.1]]))
+    expected = np.array([0.0, 0.1, 0.6, 0.8])
+    np.testing.assert_allclose(protocol.switching_times(), expected, atol=1e-15)
+    np.testing.assert_allclose(float(protocol.duration), 0.8, atol=1e-15)
+    p = make_problem()
+    out = qep_jax.drive(p["system"], protocol, system_drives=[p["a"]])
+    np.testing.assert_allclose(out.times, expected, atol=1e-15)
+
+
+def test_fourier_ramp_values_and_rates_against_the_closed_form():
+    start, end = np.array([0.0, 0.5]), np.array([1.0, -0.5])
+    coefficients, duration = np.array([[0.4, -0.2], [0.3, 0.1]]), 3.0
+    ramp = FourierRamp(duration, start, end, coefficients)
+    modes = np.arange(1, 3)
+    for t in (0.0, 0.75, 1.2, 3.0):
+        s = t / duration
+        value = start + (end - start) * s + coefficients @ np.sin(np.pi * modes * s)
+        rate = (end - start) / duration + coefficients @ (np.pi * modes / duration * np.cos(np.pi * modes * s))
+        np.testing.assert_allclose(np.asarray(ramp.values(t)), value, atol=1e-14, err_msg=f"t = {t}")
+        np.testing.assert_allclose(np.asarray(ramp.rates(t)), rate, atol=1e-14, err_msg=f"t = {t}")
+
+
+def test_landauer_bounds_reeb_wolf_values_and_very_low_temperature():
+    """The Reeb-Wolf value itself (the ordering tests cannot see a wrong quadratic term), Landauer's
+    for a two-level reservoir, and the spectral bound at beta = 1e300 (the doubling bracket)."""
+    ds, beta = 0.3, 2.0
+    six = qep_jax.landauer_bounds(ds, np.linspace(-0.5, 0.5, 6), beta)
+    np.testing.assert_allclose(six.reeb_wolf, (ds + 2 * ds**2 / (np.log(5) ** 2 + 4)) / beta, rtol=1e-14)
+    two = qep_jax.landauer_bounds(ds, np.array([-0.5, 0.5]), beta)
+    np.testing.assert_allclose(two.reeb_wolf, ds / beta, rtol=1e-14)
+
+    energies, ds = np.linspace(-0.5, 0.5, 5), 0.5
+
+    def gibbs(b):
+        p = np.exp(-b * (energies - energies[0]))
+        p /= p.sum()
+        nz = p > 0
+        return -np.sum(p[nz] * np.log(p[nz])), p @ energies
+
+    # At beta = 1e300 the reservoir starts in its ground state (S = 0, <H_r> = e_min).
+    root = scipy.optimize.brentq(lambda b: gibbs(b)[0] - ds, 0.0, 1e3, xtol=1e-15)
+    bound = qep_jax.landauer_bounds(ds, energies, 1e300)
+    np.testing.assert_allclose(float(bound.spectral), gibbs(root)[1] - energies[0], atol=1e-12)
