@@ -621,3 +621,82 @@ def test_a_non_finite_realization_is_refused_and_named(model, poison_gather):
     with pytest.raises(FloatingPointError, match=r"heat is not finite for realization\(s\) \[3\] \(first at t = 20\)"):
         _run(model, on_chunk=kept.append)
     assert [(c.start, c.stop) for c in kept] == [(0, 2)]
+
+
+# ---------------------------------------- behaviour pinned by a mutation review of runner and files
+
+
+def test_a_run_with_other_times_or_more_realizations_is_refused(model, tmp_path):
+    """The parameters hash covers the time grid and n_realizations: an unfinished run resumed on
+    another grid of the same length mixed parts from both grids, and a finished R = 3 output asked
+    for with R = 6 came back as already done with 3."""
+    out = str(tmp_path / "a.h5")
+    with pytest.raises(_Interrupt):
+        run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES, chunk_size=2,
+                    progress=_interrupt_after(4))
+    with pytest.raises(OutputError, match="unfinished run with different parameters"):
+        run_to_file(model, 2 * TIMES, R, out, seed=SEED, quantities=QUANTITIES, chunk_size=2)
+    done = str(tmp_path / "b.h5")
+    run_to_file(model, TIMES, 3, done, seed=SEED, quantities=QUANTITIES, chunk_size=2)
+    with pytest.raises(OutputError, match="n_realizations 3 -> 6"):
+        run_to_file(model, TIMES, 6, done, seed=SEED, quantities=QUANTITIES, chunk_size=2)
+
+
+def test_damaged_first_part_is_recomputed_before_an_intact_one(model, tmp_path):
+    """A gap before a finished part (not only at the end) is scheduled again."""
+    full = str(tmp_path / "full.h5")
+    run_to_file(model, TIMES, R, full, seed=SEED, quantities=QUANTITIES, chunk_size=2)
+    out = str(tmp_path / "out.h5")
+    with pytest.raises(_Interrupt):
+        run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES, chunk_size=2,
+                    progress=_interrupt_after(4))
+    part = os.path.join(out + ".parts", "chunk-000000000-000000002.npz")
+    data = open(part, "rb").read()
+    open(part, "wb").write(data[:50])
+    result, _ = run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES, chunk_size=2)
+    assert result.info["resumed_realizations"] == 2
+    _assert_same_file(full, out)
+
+
+def test_completed_chunks_outside_the_run_are_refused(model):
+    from qep_jax._ensemble import ChunkResult
+    from qep_jax._statistics import Moments
+
+    beyond = ChunkResult(2, 4, {"entropy_production": Moments.from_samples(np.zeros((2, len(TIMES))))})
+    with pytest.raises(qep_jax.InputError, match="lie outside 0..3"):
+        run_ensemble(model, TIMES, 3, quantities=["entropy_production"], completed=[beyond], chunk_size=2)
+
+
+@pytest.mark.parametrize("n, n_times, budget_mib", [(60, 100, 64), (200, 1000, 256)])
+def test_memory_plan_chunk_fits_its_budget(n, n_times, budget_mib):
+    """The planned chunk, working memory and kept series included, fits the budget; the series are
+    charged twice (the device result and its float64 host copy)."""
+    from qep_jax._ensemble import chunk_bytes, plan_memory
+
+    budget = budget_mib * 2**20
+    plan = plan_memory(n, n_times, QUANTITIES, 8, budget)
+    assert plan.per_device >= 1 and chunk_bytes(plan, plan.per_device) <= budget
+    assert plan.output_bytes == 2 * 8 * n_times * len(QUANTITIES)
+
+
+def test_kept_count_without_a_readable_manifest(model, tmp_path):
+    """With the manifest unreadable, the parts themselves give the count of kept realizations."""
+    from qep_jax._ensemble import ChunkResult, run_parameters
+    from qep_jax._io import PartStore
+    from qep_jax._statistics import Moments
+
+    store = PartStore(str(tmp_path / "r.h5"), run_parameters(model, TIMES, R, SEED, ("entropy_production",), False))
+    for start, stop in [(0, 2), (2, 4)]:
+        store.save(ChunkResult(start, stop, {"entropy_production": Moments.from_samples(np.zeros((stop - start, 4)))}))
+    open(store.manifest_path, "w").write("{broken")
+    assert store.kept_realizations() == 4
+
+
+def test_file_attributes_are_the_run_parameters(model, tmp_path):
+    """h5py and xarray users read the attributes, not parameters_json: each must be the parameter."""
+    out = str(tmp_path / "attrs.h5")
+    result, _ = run_to_file(model, TIMES, R, out, seed=SEED, quantities=QUANTITIES, chunk_size=2)
+    with h5py.File(out) as f:
+        for key in ("delta", "beta", "coupling_strength", "n_levels", "n_realizations", "seed", "precision",
+                    "keep_realizations"):
+            assert f.attrs[key] == result.parameters[key], key
