@@ -678,6 +678,11 @@ class _ScaledShapeRamp(_PlainRamp):
         return jnp.stack([self.amp * self.shape(t) * self.envelope(t) + self.settings.offset, 0.2 - 0.1 * t])
 
 
+def _plain_work(problem, protocol, system=None, n_steps=6):
+    kwargs = dict(system_drives=[problem["a"]], coupling_drives=[problem["b"]], n_steps=n_steps)
+    return float(qep_jax.drive(problem["system"] if system is None else system, protocol, **kwargs).work[-1])
+
+
 def test_plain_protocol_mutations_compile_again(problem):
     """Once an object held a function it was keyed by (type, identity) alone: a mutated amplitude
     (0.3 -> 0.9) returned the 0.3 work; a class-level function rebound at run time, and a mutated
@@ -687,10 +692,8 @@ def test_plain_protocol_mutations_compile_again(problem):
 
     from qep_jax._driven import _drive_jit
 
-    kwargs = dict(system_drives=[problem["a"]], coupling_drives=[problem["b"]], n_steps=6)
-
     def work(p):
-        return float(qep_jax.drive(problem["system"], p, **kwargs).work[-1])
+        return _plain_work(problem, p)
 
     def fresh(amp=0.3, offset=0.0):
         return _ScaledShapeRamp(jnp.cos, amp, types.SimpleNamespace(offset=offset))
@@ -726,11 +729,6 @@ def _ramp_class(amp):
             return jnp.array([amp(self), -0.1])
 
     return Ramp
-
-
-def _plain_work(problem, protocol, system=None, n_steps=6):
-    kwargs = dict(system_drives=[problem["a"]], coupling_drives=[problem["b"]], n_steps=n_steps)
-    return float(qep_jax.drive(problem["system"] if system is None else system, protocol, **kwargs).work[-1])
 
 
 def test_plain_protocol_array_attribute_keyed_by_its_values(problem):
